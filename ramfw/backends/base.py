@@ -1,0 +1,68 @@
+"""The interface every enforcement backend implements (nftables, iptables + ipset)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+from ..plan import DesiredState, Element
+
+
+@dataclass
+class Probe:
+    usable: bool
+    reason: str  # one line: why this backend can or cannot run here
+    features: dict[str, bool] = field(default_factory=dict)
+
+
+@dataclass
+class KernelState:
+    """What a backend reads back from the kernel (status, check, explain)."""
+
+    installed: bool
+    backend: str
+    where: str = ""  # where an admin finds the rules, e.g. "nft list table inet ramfw"
+    meta: dict[str, str] = field(default_factory=dict)  # policy digest, mode, snoop mode
+    sets: dict[str, dict[str, int]] = field(default_factory=dict)  # set -> {ip: seconds left}
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> {packets, bytes}
+    chains: dict[str, int] = field(default_factory=dict)  # chain -> rule count
+
+
+class Backend(abc.ABC):
+    name = "base"
+
+    def __init__(self, netns_name: str | None = None):
+        self.netns_name = netns_name
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls, netns_name: str | None) -> Probe: ...
+
+    @abc.abstractmethod
+    def render(self, desired: DesiredState) -> str:
+        """Pure: the ruleset text apply() would install (dry-run prints it)."""
+
+    @abc.abstractmethod
+    def apply(self, desired: DesiredState) -> None:
+        """Install the desired state in one transaction, replacing ramfw's previous one.
+        On failure the previous state stays in force and BackendError is raised."""
+
+    @abc.abstractmethod
+    def add_elements(self, elements: dict[str, list[Element]]) -> None:
+        """Add or refresh (extend the timeout of) elements, set name -> elements, atomically."""
+
+    @abc.abstractmethod
+    def remove_elements(self, elements: dict[str, list[str]]) -> None:
+        """Remove IPs from sets; missing ones are not an error."""
+
+    @abc.abstractmethod
+    def read_state(self) -> KernelState: ...
+
+    @abc.abstractmethod
+    def check(self, desired: DesiredState) -> list[str]:
+        """Invariants: problems (one line each) where the kernel differs from the desired
+        skeleton; [] when all is in place. Element contents are not compared."""
+
+    @abc.abstractmethod
+    def destroy(self) -> bool:
+        """Remove everything this backend installed in the namespace; True if anything was."""

@@ -1,0 +1,309 @@
+"""nftables backend: ramfw owns table `inet ramfw` and nothing else.
+
+The desired state is rendered to one nft script that deletes and recreates the table; libnftables
+sends a script as one netlink batch, so the kernel switches from the old ruleset to the new one
+atomically (no window without rules) and a refused script changes nothing. The same text is what
+`ramfw dry-run` prints, so there is one renderer. (nft 1.0.6's JSON input silently drops table
+comments, where ramfw keeps its policy digest, so scripts are sent as text; reads use JSON.)
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from ..errors import BackendError
+from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule, family_of
+from .base import Backend, KernelState, Probe
+from .libnft import NftContext
+
+log = logging.getLogger(__name__)
+
+TABLE = "ramfw"
+FAMILY = "inet"
+CHAIN_PRIORITY = "filter - 10"  # before Docker's filter rules (priority filter)
+DNS_PRIORITY = "filter - 20"  # see answers before anything accepts them as established
+CHAIN_FOR_HOOK = {"output": "output_filter", "forward": "forward_filter"}
+REFUSE_CHAIN = {"output": "refuse_output", "forward": "refuse_forward"}
+DNS_CHAIN = {"input": "dns_input", "forward": "dns_forward"}
+SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+ADDR = {4: "ip", 6: "ip6"}
+ICMPV6_ESSENTIALS = (
+    "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
+    "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
+)
+_COMMENT = re.compile(r'^\s*comment "([^"]*)"', re.M)
+
+
+@dataclass
+class ChainText:
+    name: str
+    hook: str | None  # None for a regular (jump target) chain
+    priority: str = ""
+    rules: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        head = []
+        if self.hook:
+            head.append(f"\t\ttype filter hook {self.hook} priority {self.priority}; policy accept;")
+        body = [f"\t\t{r}" for r in self.rules]
+        return "\n".join([f"\tchain {self.name} {{", *head, *body, "\t}"])
+
+
+def _elements_text(elements) -> str:
+    return ", ".join(f"{e.ip} timeout {e.timeout}s" for e in elements)
+
+
+def _addrs(values) -> str:
+    return "{ " + ", ".join(values) + " }"
+
+
+def _meta_comment(desired: DesiredState) -> str:
+    return f"ramfw policy={desired.policy_digest} mode={desired.mode} snoop={desired.dns.mode}"
+
+
+def parse_meta(comment: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in comment.split() if "=" in kv)
+
+
+class NftBackend(Backend):
+    name = "nft"
+
+    def __init__(self, netns_name: str | None = None, features: dict[str, bool] | None = None):
+        super().__init__(netns_name)
+        self.features = features if features is not None else {}
+        self._ctx: NftContext | None = None
+
+    @property
+    def ctx(self) -> NftContext:
+        if self._ctx is None:
+            self._ctx = NftContext(self.netns_name)
+        return self._ctx
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+
+    # ---- probing ----------------------------------------------------------------------------
+
+    @classmethod
+    def probe(cls, netns_name: str | None) -> Probe:
+        try:
+            ctx = NftContext(netns_name)
+        except BackendError as exc:
+            return Probe(False, f"libnftables unusable: {exc}")
+        try:
+            # A dry-run transaction is validated by the kernel and then aborted: nothing stays.
+            base = f"add table {FAMILY} ramfw_probe\nadd chain {FAMILY} ramfw_probe c {{ type filter hook input priority 0; }}\n"
+            try:
+                ctx.run(base + f"add rule {FAMILY} ramfw_probe c ip saddr 203.0.113.1 accept\n", dry_run=True)
+            except BackendError as exc:
+                return Probe(False, f"nf_tables is not usable here: {exc}")
+            features = {}
+            for feature, rule in (
+                ("queue", "udp sport 53 queue num 1 bypass"),
+                ("log", "udp sport 53 log group 1"),
+                ("reject", "meta l4proto tcp reject with tcp reset"),
+            ):
+                try:
+                    ctx.run(base + f"add rule {FAMILY} ramfw_probe c {rule}\n", dry_run=True)
+                    features[feature] = True
+                except BackendError:
+                    features[feature] = False
+            how = "libnftables" if ctx.uses_library else "the nft command"
+            missing = [f for f, ok in features.items() if not ok]
+            reason = f"nf_tables works through {how}" + (f"; kernel lacks nft {', '.join(missing)}" if missing else "")
+            return Probe(features["reject"], reason, features)
+        finally:
+            ctx.close()
+
+    # ---- rendering (pure) -------------------------------------------------------------------
+
+    def chains(self, desired: DesiredState) -> list[ChainText]:
+        chains = []
+        for chain in desired.chains:
+            rules = [r for rule in chain.rules for r in self._rule_text(rule, chain.hook)]
+            chains.append(ChainText(CHAIN_FOR_HOOK[chain.hook], chain.hook, CHAIN_PRIORITY, tuple(rules)))
+            refuse = [f'counter name "{REFUSE_CHAIN[chain.hook]}"', f'log prefix "{AUDIT_PREFIX[chain.hook]} " group {desired.audit_group}']
+            if chain.final == "drop":
+                refuse.append("drop")
+            else:
+                refuse += ["meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
+            chains.append(ChainText(REFUSE_CHAIN[chain.hook], None, rules=tuple(refuse)))
+        dns_action = self._dns_action(desired)
+        if dns_action:
+            for hook in desired.dns.hooks:
+                rules = []
+                for family, servers in ((4, desired.dns.servers4), (6, desired.dns.servers6)):
+                    if servers:
+                        rules.append(f"{ADDR[family]} saddr {_addrs(servers)} meta l4proto {{ tcp, udp }} th sport 53 counter name \"dns_answers\" {dns_action}")
+                chains.append(ChainText(DNS_CHAIN[hook], hook, DNS_PRIORITY, tuple(rules)))
+        return chains
+
+    def _dns_action(self, desired: DesiredState) -> str:
+        dns = desired.dns
+        if dns.mode == "log":
+            return f"log group {dns.log_group}"
+        if dns.mode == "queue" and self.features.get("queue", False):
+            return f"queue num {dns.queue_num} bypass"
+        return ""  # off, or queue through the xtables NFQUEUE fallback (outside this table)
+
+    def _rule_text(self, rule: Rule, hook: str) -> list[str]:
+        refuse = f"goto {REFUSE_CHAIN[hook]}"
+        match rule.kind:
+            case "accept_established":
+                return ["ct state established,related accept"]
+            case "accept_loopback":
+                return ['oifname "lo" accept']
+            case "bypass_cgroup":
+                path = rule.args[0]
+                return [f'socket cgroupv2 level {path.count("/") + 1} != "{path}" accept']
+            case "accept_link_local":
+                rules = [
+                    f"icmpv6 type {{ {ICMPV6_ESSENTIALS} }} accept",
+                    "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+                    "meta nfproto ipv6 udp dport 547 accept",
+                ]
+                if hook == "forward":
+                    # Published ports: inbound connections DNATed to containers are not egress.
+                    rules.append("ct status dnat accept")
+                return rules
+            case "accept_dns":
+                return [f"{ADDR[rule.family]} daddr {_addrs(rule.args)} meta l4proto {{ tcp, udp }} th dport 53 accept"]
+            case "accept_cidrs":
+                return [f"{ADDR[rule.family]} daddr {_addrs(rule.args)} accept"]
+            case "accept_set":
+                return [f"{ADDR[rule.family]} daddr @{rule.args[0]} accept"]
+            case "refuse_set":
+                return [f"{ADDR[rule.family]} daddr @{rule.args[0]} {refuse}"]
+            case "refuse_all":
+                return [refuse]
+            case "accept_all":
+                return ["accept"]
+        raise ValueError(f"unknown rule kind {rule.kind}")
+
+    def render(self, desired: DesiredState, counters: dict[str, dict[str, int]] | None = None) -> str:
+        lines = [f'\tcomment "{_meta_comment(desired)}"']
+        counters = counters or {}
+        counter_names = sorted({REFUSE_CHAIN[c.hook] for c in desired.chains} | ({"dns_answers"} if self._dns_action(desired) else set()))
+        for name in counter_names:
+            # Carry the old counts across a reload so status figures do not reset.
+            old = counters.get(name, {})
+            lines.append(f"\tcounter {name} {{ packets {old.get('packets', 0)} bytes {old.get('bytes', 0)} }}")
+        for set_name, elements in desired.sets.items():
+            family = 6 if set_name.endswith("6") else 4
+            body = [f"\t\ttype {SET_TYPE[family]}", "\t\tflags timeout"]
+            if elements:
+                body.append(f"\t\telements = {{ {_elements_text(elements)} }}")
+            lines.append("\n".join([f"\tset {set_name} {{", *body, "\t}"]))
+        lines += [c.text() for c in self.chains(desired)]
+        return f"table {FAMILY} {TABLE} {{\n" + "\n".join(lines) + "\n}\n"
+
+    # ---- applying ---------------------------------------------------------------------------
+
+    def apply(self, desired: DesiredState) -> None:
+        counters = self._read_counters()
+        script = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + self.render(desired, counters)
+        self.ctx.run(script)
+        log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
+
+    def add_elements(self, elements: dict[str, list[Element]]) -> None:
+        # `add element` leaves an existing element's timeout alone; add (so it exists), delete
+        # and re-add with the new timeout, all in one batch: never a moment without it.
+        lines = []
+        for set_name, elems in elements.items():
+            if not elems:
+                continue
+            ips = ", ".join(e.ip for e in elems)
+            lines.append(f"add element {FAMILY} {TABLE} {set_name} {{ {ips} }}")
+            lines.append(f"delete element {FAMILY} {TABLE} {set_name} {{ {ips} }}")
+            lines.append(f"add element {FAMILY} {TABLE} {set_name} {{ {_elements_text(elems)} }}")
+        if lines:
+            self.ctx.run("\n".join(lines) + "\n")
+
+    def remove_elements(self, elements: dict[str, list[str]]) -> None:
+        lines = []
+        for set_name, ips in elements.items():
+            if ips:
+                joined = ", ".join(ips)
+                # Same trick: add first so that delete never fails on an already-expired IP.
+                lines.append(f"add element {FAMILY} {TABLE} {set_name} {{ {joined} }}")
+                lines.append(f"delete element {FAMILY} {TABLE} {set_name} {{ {joined} }}")
+        if lines:
+            self.ctx.run("\n".join(lines) + "\n")
+
+    def destroy(self) -> bool:
+        if not self._table_exists():
+            return False
+        self.ctx.run(f"delete table {FAMILY} {TABLE}\n")
+        return True
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def _table_exists(self) -> bool:
+        tables = self.ctx.list_json(f"tables {FAMILY}")
+        return any(t.get("table", {}).get("name") == TABLE for t in tables)
+
+    def _read_counters(self) -> dict[str, dict[str, int]]:
+        if not self._table_exists():
+            return {}
+        out = {}
+        for item in self.ctx.list_json(f"counters table {FAMILY} {TABLE}"):
+            c = item.get("counter")
+            if c:
+                out[c["name"]] = {"packets": c.get("packets", 0), "bytes": c.get("bytes", 0)}
+        return out
+
+    def read_state(self) -> KernelState:
+        state = KernelState(installed=False, backend=self.name, where=f"nft list table {FAMILY} {TABLE}")
+        if not self._table_exists():
+            return state
+        state.installed = True
+        text = self.ctx.run(f"list table {FAMILY} {TABLE}")
+        m = _COMMENT.search(text)
+        state.meta = parse_meta(m.group(1)) if m else {}
+        for item in self.ctx.list_json(f"table {FAMILY} {TABLE}"):
+            if "set" in item:
+                s = item["set"]
+                elems = {}
+                for e in s.get("elem", []):
+                    if isinstance(e, dict) and "elem" in e:
+                        elems[str(e["elem"]["val"])] = int(e["elem"].get("expires", 0))
+                    else:
+                        elems[str(e)] = 0
+                state.sets[s["name"]] = elems
+            elif "counter" in item:
+                c = item["counter"]
+                state.counters[c["name"]] = {"packets": c.get("packets", 0), "bytes": c.get("bytes", 0)}
+            elif "chain" in item:
+                state.chains.setdefault(item["chain"]["name"], 0)
+            elif "rule" in item:
+                name = item["rule"]["chain"]
+                state.chains[name] = state.chains.get(name, 0) + 1
+        return state
+
+    def check(self, desired: DesiredState) -> list[str]:
+        state = self.read_state()
+        if not state.installed:
+            return [f"table {FAMILY} {TABLE} is missing"]
+        problems = []
+        if state.meta.get("policy") != desired.policy_digest:
+            problems.append(f"table {FAMILY} {TABLE} holds policy {state.meta.get('policy')} instead of {desired.policy_digest}")
+        for chain in self.chains(desired):
+            have = state.chains.get(chain.name)
+            if have is None:
+                problems.append(f"chain {chain.name} is missing")
+            elif have != len(chain.rules):
+                problems.append(f"chain {chain.name} has {have} rules instead of {len(chain.rules)}")
+        for extra in sorted(set(state.chains) - {c.name for c in self.chains(desired)}):
+            problems.append(f"chain {extra} is not ramfw's")
+        for set_name in desired.sets:
+            if set_name not in state.sets:
+                problems.append(f"set {set_name} is missing")
+        return problems
+
+
+def set_for(ip: str, kind: str = "allow") -> str:
+    return f"{kind}{family_of(ip)}"

@@ -1,0 +1,206 @@
+"""Command line: the stable contract of shared/DESIGN.md.
+
+Every command reports failures as one line on stderr and exits 0 (success), 1 (runtime
+failure), 2 (bad usage or bad policy) or 3 (`check` found a mismatch).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+import typer
+
+from . import __version__, explain as explain_mod, status as status_mod
+from .errors import EXIT_USAGE, NotAvailableError, PolicyError, RamfwError
+from .policy import load_policy
+
+log = logging.getLogger("ramfw")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="ramfw: registry access management enforced in the Linux kernel (nftables/iptables sets fed by DNS).",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+PolicyOpt = typer.Option(None, "--policy", "-p", help="Policy file (TOML or JSON). Default: $RAMFW_POLICY, else the embedded default (allow docker.io).")
+NetnsOpt = typer.Option(None, "--netns", "-n", help="Network namespace name (under /var/run/netns). Default: the current namespace.")
+BackendOpt = typer.Option("auto", "--backend", "-b", help="auto | nft | iptables")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def _policy(path: Optional[str]):
+    return load_policy(path or os.environ.get("RAMFW_POLICY") or None)
+
+
+def _emit(data, as_json: bool, human) -> None:
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        human(data)
+
+
+def _warn_policy(policy) -> None:
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+
+
+@app.callback()
+def _root(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+):
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=os.environ.get("RAMFW_LOG_LEVEL", level), format="ramfw: %(levelname)s: %(message)s", stream=sys.stderr)
+    if version:
+        typer.echo(f"ramfw {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt):
+    """Resolve the policy's names and apply the ruleset once, then exit; the rules stay."""
+    from .controller import Enforcer, select_backend
+
+    pol = _policy(policy)  # a bad policy stops here, before anything touches the kernel
+    _warn_policy(pol)
+    chosen, reason = select_backend(netns, backend)
+    log.info("backend %s: %s", chosen.name, reason)
+    enforcer = Enforcer(netns, chosen, reason)
+    enforcer.set_policy(pol)
+    results = enforcer.resolve_policy_names()
+    desired = enforcer.apply()
+    unresolved = [r.name for r in results if r.missing]
+    typer.echo(
+        f"ramfw: enforcing {pol.mode} policy {pol.digest} ({pol.source}) with {chosen.name}: "
+        f"{desired.element_count()} addresses from {sum(1 for r in results if r.answers)} names"
+        + (f"; {len(unresolved)} names do not resolve" if unresolved else "")
+    )
+
+
+@app.command()
+def run(
+    policy: Optional[str] = PolicyOpt,
+    netns: Optional[str] = NetnsOpt,
+    backend: str = BackendOpt,
+    cleanup: bool = typer.Option(False, "--cleanup", help="Remove the ruleset on exit (default: leave it, fail closed)."),
+):
+    """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
+    raise NotAvailableError("'ramfw run' (the DNS-snooping controller) is not available yet in this build; use 'ramfw up'")
+
+
+@app.command()
+def down(netns: Optional[str] = NetnsOpt):
+    """Remove everything ramfw installed in the namespace, and nothing else. Safe to run twice."""
+    from .teardown import teardown
+
+    removed = teardown(netns)
+    typer.echo("ramfw: removed " + (", ".join(removed) if removed else "nothing (ramfw was not installed here)"))
+
+
+@app.command()
+def status(netns: Optional[str] = NetnsOpt, as_json: bool = JsonOpt):
+    """Show what is enforced: backend, policy digest, set sizes, counters, conflicts, controller liveness."""
+    data = status_mod.collect(netns)
+    _emit(data, as_json, status_mod.print_human)
+
+
+@app.command()
+def explain(
+    host_or_ip: str = typer.Argument(..., metavar="HOST_OR_IP", help="A host name, a registry name (docker.io) or an IP address."),
+    netns: Optional[str] = NetnsOpt,
+    policy: Optional[str] = typer.Option(None, "--policy", "-p", help="Explain against this policy instead of the enforced one."),
+    as_json: bool = JsonOpt,
+):
+    """Give the verdict for a host or IP and why: which policy entry, catalog expansion, learned names."""
+    data = explain_mod.explain(host_or_ip, netns, policy)
+    _emit(data, as_json, explain_mod.print_human)
+
+
+@app.command()
+def check(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, as_json: bool = JsonOpt):
+    """Verify the restrictions by probing from inside the namespace; exit 3 on any mismatch."""
+    raise NotAvailableError("'ramfw check' is not available yet in this build")
+
+
+@app.command()
+def events(
+    netns: Optional[str] = NetnsOpt,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    as_json: bool = JsonOpt,
+):
+    """Show blocked attempts: time, scope, destination, hostname."""
+    raise NotAvailableError("'ramfw events' is not available yet in this build")
+
+
+@app.command("dry-run")
+def dry_run(policy: Optional[str] = PolicyOpt, backend: str = typer.Option("nft", "--backend", "-b", help="nft")):
+    """Print the ruleset the policy renders to, without touching the kernel (sets are filled from DNS at apply time)."""
+    from .backends.nft import NftBackend
+    from .dnscache import DnsCache
+    from .plan import plan
+
+    pol = _policy(policy)
+    _warn_policy(pol)
+    if backend != "nft":
+        raise NotAvailableError(f"dry-run for the {backend} backend is not available yet in this build")
+    from .resolver import read_nameservers
+
+    servers = tuple(pol.dns.servers) or tuple(read_nameservers(None))
+    desired = plan(pol, DnsCache().snapshot(), 0.0, servers, "off")
+    names = pol.concrete_names("allow")
+    typer.echo(f"# policy {pol.digest} from {pol.source}: {pol.mode}")
+    typer.echo(f"# names resolved at apply time ({len(names)}): {', '.join(names)}")
+    wild = [str(p) for p, _ in pol.allow_set.patterns if p.is_wildcard]
+    if wild:
+        typer.echo(f"# wildcards learned by DNS snooping only: {', '.join(wild)}")
+    typer.echo(NftBackend(None).render(desired))
+
+
+@policy_app.command("validate")
+def policy_validate(path: str = typer.Argument(..., metavar="FILE", help="Policy file to check.")):
+    """Validate a policy file: exit 0, or 2 with every offending key and reason."""
+    pol = load_policy(path)
+    _warn_policy(pol)
+    expanded = sum(len(e.patterns) for e in pol.expansions)
+    typer.echo(
+        f"{path}: ok: {pol.mode}, {len(pol.allow)} allow and {len(pol.block)} block entries "
+        f"({expanded} hosts from the registry catalog), digest {pol.digest}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except PolicyError as exc:
+        for line in exc.lines():
+            typer.echo(f"ramfw: error: {line}", err=True)
+        return exc.exit_code
+    except RamfwError as exc:
+        typer.echo(f"ramfw: error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("ramfw: aborted", err=True)
+        return 1
+    except Exception as exc:  # click usage errors carry their own exit code
+        code = getattr(exc, "exit_code", None)
+        if code is not None and hasattr(exc, "show"):
+            exc.show()
+            return code
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

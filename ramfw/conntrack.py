@@ -1,0 +1,43 @@
+"""Cut tracked connections to destinations that are no longer allowed.
+
+Established connections are accepted before any set lookup (so a pull survives TTL expiry);
+that means removing an IP from a set does not stop a connection already open to it. When a
+reload removes an allowed name, its connections are cut by deleting their conntrack entries:
+the next packet is then NEW, meets the set lookup and is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import netns
+
+log = logging.getLogger(__name__)
+
+
+def cut_connections(netns_name: str | None, ips: set[str]) -> int:
+    """Delete conntrack entries whose original destination is in `ips`; return how many."""
+    if not ips:
+        return 0
+    from pyroute2 import Conntrack  # imported here: only the kernel-facing path needs it
+
+    cut = 0
+    with netns.entered(netns_name):
+        ct = Conntrack()
+    try:
+        victims = []
+        for entry in ct.dump_entries():
+            daddr = entry.tuple_orig.daddr if entry.tuple_orig is not None else None
+            if daddr in ips:
+                victims.append(entry)
+        for entry in victims:
+            try:
+                ct.delete(entry)
+                cut += 1
+            except Exception as exc:  # an entry that went away meanwhile is fine
+                log.debug("conntrack delete %s: %s", entry, exc)
+    finally:
+        ct.close()
+    if cut:
+        log.info("cut %d connection(s) to addresses no longer allowed", cut)
+    return cut

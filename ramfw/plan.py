@@ -1,0 +1,187 @@
+"""PURE planner: (policy, DNS cache snapshot, environment) -> desired kernel state.
+
+No I/O, no root. Backends render a DesiredState into their own ruleset language and apply it in
+one transaction; tests check plans without a kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+
+from .policy import Policy
+
+# Identifiers shared by every backend, so status/explain/events read the same names everywhere.
+SET_NAMES = {("allow", 4): "allow4", ("allow", 6): "allow6", ("block", 4): "block4", ("block", 6): "block6"}
+AUDIT_LOG_GROUP = 3731  # NFLOG group for blocked attempts (events)
+DNS_LOG_GROUP = 3732  # NFLOG group for snooped DNS answers (log mode)
+DNS_QUEUE_NUM = 3733  # NFQUEUE number for held DNS answers (queue mode)
+AUDIT_PREFIX = {"output": "ramfw-block-out", "forward": "ramfw-block-fwd"}
+MIN_ELEMENT_TIMEOUT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    ip: str
+    timeout: int  # seconds from the moment of apply
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    ip: str
+    allowed_names: tuple[str, ...]
+    blocked_names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One step of the rule skeleton, in evaluation order. Backends render each kind.
+
+    kinds:
+      accept_established              ct state established,related
+      accept_loopback                 to/from lo (output only)
+      accept_link_local               ICMPv6 neighbour discovery/MLD, DHCP/DHCPv6
+      accept_dns      family, addrs   UDP/TCP port 53 to trusted resolvers
+      accept_cidrs    family, addrs   network.allow_cidrs
+      accept_set      family, set     destination in an allowed set
+      refuse_set      family, set     destination in a blocked set (denylist): audit + reject
+      refuse_all                      audit + reject (or drop in log mode) everything left
+      accept_all                      denylist: everything left
+      bypass_cgroup   path            output narrowed to a cgroup: other sockets accepted
+    """
+
+    kind: str
+    family: int = 0
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    hook: str  # "output" or "forward"
+    rules: tuple[Rule, ...]
+    final: str  # "reject" or "drop" for refused packets (drop in log mode so TCP retries)
+
+
+@dataclass(frozen=True)
+class DnsHook:
+    mode: str  # "queue", "log" or "off"
+    servers4: tuple[str, ...]
+    servers6: tuple[str, ...]
+    hooks: tuple[str, ...]  # where answers arrive: "input" (output scope), "forward"
+    queue_num: int = DNS_QUEUE_NUM
+    log_group: int = DNS_LOG_GROUP
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    mode: str
+    policy_digest: str
+    sets: dict[str, tuple[Element, ...]]  # set name -> elements (sorted by ip)
+    chains: tuple[ChainPlan, ...]
+    dns: DnsHook
+    conflicts: tuple[Conflict, ...] = ()
+    audit_group: int = AUDIT_LOG_GROUP
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ip -> names (for explain)
+
+    def element_count(self) -> int:
+        return sum(len(v) for v in self.sets.values())
+
+
+def family_of(ip: str) -> int:
+    return ipaddress.ip_address(ip).version
+
+
+def split_families(addrs) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    v4 = tuple(a for a in addrs if ipaddress.ip_network(a, strict=False).version == 4)
+    v6 = tuple(a for a in addrs if ipaddress.ip_network(a, strict=False).version == 6)
+    return v4, v6
+
+
+def plan(
+    policy: Policy,
+    snapshot: dict[str, dict[str, float]],
+    now: float,
+    dns_servers: tuple[str, ...] = (),
+    snoop_mode: str = "off",
+) -> DesiredState:
+    """Compute the desired state.
+
+    snapshot: name -> {ip: absolute expiry} (DnsCache.snapshot()), on the same clock as `now`.
+    dns_servers: the trusted resolvers (policy.dns.servers, or the namespace's resolv.conf).
+    snoop_mode: the mechanism actually chosen after probing ("queue", "log" or "off").
+    """
+    allowed: dict[str, dict[str, float]] = {}  # ip -> {name: expiry}
+    blocked: dict[str, dict[str, float]] = {}
+    for name, ips in snapshot.items():
+        verdict, _ = policy.classify(name)
+        target = {"allowed": allowed, "blocked": blocked}.get(verdict)
+        if target is None:
+            continue
+        for ip, expiry in ips.items():
+            if expiry > now:
+                target.setdefault(ip, {})[name] = expiry
+
+    conflicts = tuple(
+        Conflict(ip, tuple(sorted(allowed[ip])), tuple(sorted(blocked[ip]))) for ip in sorted(set(allowed) & set(blocked))
+    )
+    conflicted = {c.ip for c in conflicts}
+
+    def elements(source: dict[str, dict[str, float]], family: int, skip: set[str]) -> tuple[Element, ...]:
+        out = []
+        for ip, names in source.items():
+            if ip in skip or family_of(ip) != family:
+                continue
+            timeout = max(MIN_ELEMENT_TIMEOUT, math.ceil(max(names.values()) - now))
+            out.append(Element(ip, timeout))
+        out.sort(key=lambda e: ipaddress.ip_address(e.ip))
+        return tuple(out)
+
+    sets: dict[str, tuple[Element, ...]] = {}
+    if policy.mode == "allowlist":
+        # A conflicting IP stays allowed: the IP layer cannot tell the two names apart.
+        sets["allow4"] = elements(allowed, 4, set())
+        sets["allow6"] = elements(allowed, 6, set())
+    else:
+        sets["block4"] = elements(blocked, 4, conflicted)
+        sets["block6"] = elements(blocked, 6, conflicted)
+
+    servers4, servers6 = split_families(dns_servers)
+    cidrs4, cidrs6 = split_families(policy.allow_cidrs)
+    final = "drop" if snoop_mode == "log" else "reject"
+    chains = []
+    for hook, enabled in (("output", policy.scope.output), ("forward", policy.scope.forward)):
+        if enabled:
+            chains.append(ChainPlan(hook, _skeleton(policy, hook, servers4, servers6, cidrs4, cidrs6), final))
+
+    hooks = tuple(h for h, on in (("input", policy.scope.output), ("forward", policy.scope.forward)) if on)
+    names = {ip: tuple(sorted(n)) for src in (allowed, blocked) for ip, n in src.items()}
+    return DesiredState(
+        mode=policy.mode,
+        policy_digest=policy.digest,
+        sets=sets,
+        chains=tuple(chains),
+        dns=DnsHook(snoop_mode, servers4, servers6, hooks),
+        conflicts=conflicts,
+        names=names,
+    )
+
+
+def _skeleton(policy: Policy, hook: str, servers4, servers6, cidrs4, cidrs6) -> tuple[Rule, ...]:
+    rules = [Rule("accept_established")]
+    if hook == "output":
+        rules.append(Rule("accept_loopback"))
+        if policy.scope.cgroup:
+            rules.append(Rule("bypass_cgroup", args=(policy.scope.cgroup,)))
+    rules.append(Rule("accept_link_local"))
+    if policy.mode == "denylist":
+        rules += [Rule("refuse_set", 4, ("block4",)), Rule("refuse_set", 6, ("block6",)), Rule("accept_all")]
+        return tuple(rules)
+    for family, servers in ((4, servers4), (6, servers6)):
+        if servers:
+            rules.append(Rule("accept_dns", family, servers))
+    for family, cidrs in ((4, cidrs4), (6, cidrs6)):
+        if cidrs:
+            rules.append(Rule("accept_cidrs", family, cidrs))
+    rules += [Rule("accept_set", 4, ("allow4",)), Rule("accept_set", 6, ("allow6",)), Rule("refuse_all")]
+    return tuple(rules)

@@ -1,0 +1,60 @@
+"""Per-namespace state that outlives one command: what was applied, what DNS taught us, and
+the running controller's heartbeat and counters. Read by status, explain and events.
+
+The kernel ruleset is the truth for what is enforced; this file explains it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from . import netns
+
+STATE_ROOT = os.environ.get("RAMFW_STATE_DIR", "/run/ramfw")
+
+
+def state_dir(netns_name: str | None) -> str:
+    ident = netns.ns_id(netns_name)  # "net:[4026531840]": same namespace, same directory
+    digits = "".join(ch for ch in ident if ch.isdigit())
+    return os.path.join(STATE_ROOT, f"net-{digits}")
+
+
+def state_path(netns_name: str | None) -> str:
+    return os.path.join(state_dir(netns_name), "state.json")
+
+
+def read_state(netns_name: str | None) -> dict:
+    try:
+        with open(state_path(netns_name)) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(netns_name: str | None, data: dict) -> None:
+    """Atomic replace, so a reader never sees half a file."""
+    directory = state_dir(netns_name)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, state_path(netns_name))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def remove_state(netns_name: str | None) -> None:
+    directory = state_dir(netns_name)
+    for name in ("state.json",):
+        try:
+            os.unlink(os.path.join(directory, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
