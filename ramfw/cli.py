@@ -52,16 +52,19 @@ def _warn_policy(policy) -> None:
         log.warning("%s", warning)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ramfw {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ):
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=os.environ.get("RAMFW_LOG_LEVEL", level), format="ramfw: %(levelname)s: %(message)s", stream=sys.stderr)
-    if version:
-        typer.echo(f"ramfw {__version__}")
-        raise typer.Exit(0)
 
 
 @app.command()

@@ -150,6 +150,7 @@ class PatternSet(Generic[T]):
         self._exact: dict[str, list[T]] = {}
         self._one: dict[str, list[T]] = {}
         self._any: dict[str, list[T]] = {}
+        self._any_tails: set[str] = set()  # last two labels of every any-labels domain
         self.patterns: list[tuple[Pattern, T]] = []
         self._memo: dict[str, tuple[T, ...]] = {}
         for pattern, tag in items:
@@ -158,6 +159,8 @@ class PatternSet(Generic[T]):
     def add(self, pattern: Pattern, tag: T) -> None:
         table = {EXACT: self._exact, ONE_LABEL: self._one, ANY_LABELS: self._any}[pattern.kind]
         table.setdefault(pattern.domain, []).append(tag)
+        if pattern.kind == ANY_LABELS:
+            self._any_tails.add(_last_two_labels(pattern.domain))
         self.patterns.append((pattern, tag))
         self._memo.clear()
 
@@ -189,7 +192,7 @@ class PatternSet(Generic[T]):
         one = self._one.get(parent)
         if one:
             found.extend(one)
-        if self._any:
+        if _last_two_labels(parent) in self._any_tails:
             # every proper suffix of the name, longest first
             suffix = parent
             while True:
@@ -204,3 +207,8 @@ class PatternSet(Generic[T]):
 
     def matches(self, name: str) -> bool:
         return bool(self.match(name))
+
+
+def _last_two_labels(name: str) -> str:
+    # A cheap filter before walking every suffix: most names share no tail with any pattern.
+    return name[name.rfind(".", 0, name.rfind(".")) + 1 :]
