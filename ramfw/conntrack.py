@@ -22,22 +22,19 @@ def cut_connections(netns_name: str | None, ips: set[str]) -> int:
     from pyroute2 import Conntrack  # imported here: only the kernel-facing path needs it
 
     cut = 0
+    # pyroute2 opens its netlink socket lazily, at first use: every call stays inside.
     with netns.entered(netns_name):
         ct = Conntrack()
-    try:
-        victims = []
-        for entry in ct.dump_entries():
-            daddr = entry.tuple_orig.daddr if entry.tuple_orig is not None else None
-            if daddr in ips:
-                victims.append(entry)
-        for entry in victims:
-            try:
-                ct.delete(entry)
-                cut += 1
-            except Exception as exc:  # an entry that went away meanwhile is fine
-                log.debug("conntrack delete %s: %s", entry, exc)
-    finally:
-        ct.close()
+        try:
+            victims = [e for e in ct.dump_entries() if e.tuple_orig is not None and e.tuple_orig.daddr in ips]
+            for entry in victims:
+                try:
+                    ct.delete(entry)
+                    cut += 1
+                except Exception as exc:  # an entry that went away meanwhile is fine
+                    log.debug("conntrack delete %s: %s", entry, exc)
+        finally:
+            ct.close()
     if cut:
         log.info("cut %d connection(s) to addresses no longer allowed", cut)
     return cut
