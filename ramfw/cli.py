@@ -63,7 +63,7 @@ def _root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ):
-    level = logging.WARNING - 10 * min(verbose, 2)
+    level = logging.INFO - 10 * min(verbose, 1)
     logging.basicConfig(level=os.environ.get("RAMFW_LOG_LEVEL", level), format="ramfw: %(levelname)s: %(message)s", stream=sys.stderr)
 
 
@@ -96,7 +96,11 @@ def run(
     cleanup: bool = typer.Option(False, "--cleanup", help="Remove the ruleset on exit (default: leave it, fail closed)."),
 ):
     """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
-    raise NotAvailableError("'ramfw run' (the DNS-snooping controller) is not available yet in this build; use 'ramfw up'")
+    from .controller import Controller
+
+    ctl = Controller(policy or os.environ.get("RAMFW_POLICY") or None, netns, backend, cleanup=cleanup)
+    ctl.start()  # a bad policy or an unusable backend fails here, before anything is touched
+    ctl.run_forever()
 
 
 @app.command()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -147,6 +148,26 @@ class Enforcer:
             self.counters["ips_added"] += len(changes)
             return len(changes)
 
+    def credit_answer(self, qname: str, chain: list[str], addresses) -> tuple[int, str]:
+        """The snooper's callback: what the policy makes of one validated answer.
+
+        allowlist: the queried name must be allowed and no name of its CNAME chain blocked; the
+        addresses are credited to the queried name. denylist: the first blocked name of the
+        chain takes the addresses into the blocked sets.
+        """
+        assert self.policy is not None
+        verdicts = [self.policy.classify(n)[0] for n in chain]
+        if self.policy.mode == "allowlist":
+            if verdicts[0] != "allowed":
+                return 0, "not_listed"
+            if "blocked" in verdicts:
+                return 0, "blocked_chain"
+            return self.learn(qname, addresses, via=tuple(chain)), "ok"
+        for name, verdict in zip(chain, verdicts):
+            if verdict == "blocked":
+                return self.learn(name, addresses, via=tuple(chain)), "ok"
+        return 0, "not_listed"
+
     # ---- state for status / explain ----------------------------------------------------------
 
     def save_state(self, extra: dict | None = None) -> None:
@@ -184,3 +205,331 @@ class Enforcer:
         if extra:
             data.update(extra)
         state_file.write_state(self.netns_name, data)
+
+
+# ---- the long-running controller (`ramfw run`) -----------------------------------------------
+
+
+def choose_snoop_mode(wanted: str, backend: Backend) -> tuple[str, str]:
+    """The snooping mechanism for this kernel, and why (probed, per shared/DESIGN.md)."""
+    from . import xtqueue
+
+    if wanted == "off":
+        return "off", "policy says snoop = off: active resolution only"
+    if getattr(backend, "features", {}).get("queue"):
+        native = "nft queue"
+    elif xtqueue.available():
+        native = "xtables NFQUEUE (this kernel's nftables lacks queue)"
+    else:
+        native = ""
+    if wanted in ("auto", "queue") and native:
+        return "queue", f"queue via {native}"
+    if wanted == "queue":
+        raise BackendError("dns.snoop = queue, but neither nft queue nor iptables-nft NFQUEUE is available; use snoop = log")
+    return "log", "log (NFLOG)" + ("" if wanted == "log" else ": no queue mechanism available")
+
+
+class Controller:
+    """Keeps one namespace enforced: apply, snoop, refresh, gc, reload, repair, heartbeat."""
+
+    def __init__(
+        self,
+        policy_path: str | None,
+        netns_name: str | None,
+        backend_choice: str = "auto",
+        cleanup: bool = False,
+        check_interval: float = 5.0,
+        poll_interval: float = 0.25,
+    ):
+        self.policy_path = policy_path
+        self.netns_name = netns_name
+        self.backend_choice = backend_choice
+        self.cleanup = cleanup
+        self.check_interval = check_interval
+        self.poll_interval = poll_interval
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.enforcer: Enforcer | None = None
+        self.snooper = None
+        self.snoop_thread: threading.Thread | None = None
+        self.snoop_stop = threading.Event()
+        self.snoop_reason = ""
+        self.xt_created: list[str] = []
+        self.next_refresh: dict[str, float] = {}
+        self.refresh_lock = threading.Lock()
+        self.counters = {"reloads": 0, "reloads_refused": 0, "repairs": 0, "apply_failures": 0}
+        self.started_at = time.time()
+        self._policy_stamp = None
+
+    # ---- start ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from .policy import load_policy
+
+        policy = load_policy(self.policy_path)  # PolicyError: nothing touched yet
+        for w in policy.warnings:
+            log.warning("%s", w)
+        self._policy_stamp = self._stat_policy()
+        backend, reason = select_backend(self.netns_name, self.backend_choice)
+        log.info("backend %s: %s", backend.name, reason)
+        self.enforcer = Enforcer(self.netns_name, backend, reason)
+        self.enforcer.set_policy(policy)
+        mode, self.snoop_reason = choose_snoop_mode(policy.dns.snoop, backend)
+        self.enforcer.snoop_mode = mode
+        self._schedule(self.enforcer.resolve_policy_names())
+        self.enforcer.apply()
+        self._start_snooper()
+        log.info(
+            "enforcing %s policy %s (%s): %d addresses, snoop %s",
+            policy.mode, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
+        )
+
+    def _stat_policy(self):
+        if self.policy_path is None:
+            return None
+        try:
+            st = os.stat(self.policy_path)
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return None
+
+    def _start_snooper(self) -> None:
+        from . import xtqueue
+        from .plan import DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM
+        from .snoop import Snooper
+
+        enf = self.enforcer
+        if enf.snoop_mode == "off":
+            return
+        if enf.snoop_mode == "queue" and not enf.backend.features.get("queue"):
+            d = enf.desired
+            self.xt_created = xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM) or self.xt_created
+        self.snooper = Snooper(
+            self.netns_name, enf.trusted_servers(), enf.credit_answer, enf.snoop_mode,
+            DNS_QUEUE_NUM, DNS_LOG_GROUP, DNS_QUERY_GROUP, fallback=self._resolve_soon,
+        )
+        self.snooper.open()
+        self.snoop_stop.clear()
+        self.snoop_thread = threading.Thread(target=self.snooper.run, args=(self.snoop_stop,), name="snoop", daemon=True)
+        self.snoop_thread.start()
+
+    def _stop_snooper(self) -> None:
+        if self.snoop_thread is not None:
+            self.snoop_stop.set()
+            self.snoop_thread.join(timeout=5)
+            self.snoop_thread = None
+        if self.snooper is not None:
+            self.snooper.close()
+
+    # ---- refresh ----------------------------------------------------------------------------
+
+    def _schedule(self, results) -> None:
+        """When to look each name up again: before its answer expires (80% of its TTL)."""
+        now = time.monotonic()
+        floor = self.enforcer.policy.dns.min_ttl if self.enforcer else 0
+        with self.refresh_lock:
+            for res in results:
+                if res.answers:
+                    ttl = max(min(t for _, t in res.answers), floor, 1)
+                    self.next_refresh[res.name] = now + ttl * 0.8
+                else:
+                    self.next_refresh[res.name] = now + 5.0  # failed or missing: retry soon
+
+    def _resolve_soon(self, name: str) -> None:
+        with self.refresh_lock:
+            self.next_refresh[name] = 0.0
+        self.wake.set()
+
+    def _refresh_due(self) -> None:
+        from .resolver import Resolver
+
+        enf = self.enforcer
+        now = time.monotonic()
+        wanted = set(enf.policy.concrete_names("allow") + enf.policy.concrete_names("block"))
+        with self.refresh_lock:
+            due = [n for n, t in self.next_refresh.items() if t <= now]
+        if not due:
+            return
+        results = Resolver(self.netns_name, list(enf.trusted_servers())).resolve_all(due)
+        for res in results:
+            if res.error:
+                enf.counters["resolve_failures"] += 1
+                log.warning("cannot refresh %s (%s); keeping the last good answer", res.name, res.error)
+            elif res.answers and (res.name in wanted or enf.policy.classify(res.name)[0] != "unlisted"):
+                enf.credit_answer(res.name, list(res.chain), res.answers)
+        self._schedule(results)
+
+    # ---- reload, repair ---------------------------------------------------------------------
+
+    def reload(self, why: str) -> bool:
+        from .errors import PolicyError
+        from .policy import load_policy
+
+        enf = self.enforcer
+        self._policy_stamp = self._stat_policy()
+        try:
+            policy = load_policy(self.policy_path)
+        except PolicyError as exc:
+            self.counters["reloads_refused"] += 1
+            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, "; ".join(exc.lines()))
+            return False
+        old_mode = enf.snoop_mode
+        try:
+            new_mode, reason = choose_snoop_mode(policy.dns.snoop, enf.backend)
+        except BackendError as exc:
+            self.counters["reloads_refused"] += 1
+            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, exc)
+            return False
+        old_policy = enf.policy
+        enf.set_policy(policy)
+        with self.refresh_lock:
+            self.next_refresh = {}
+        self._schedule(enf.resolve_policy_names())
+        if new_mode != old_mode:
+            self._stop_snooper()
+        enf.snoop_mode = new_mode
+        try:
+            enf.apply()
+        except BackendError as exc:
+            self.counters["apply_failures"] += 1
+            log.error("applying policy %s failed, the previous ruleset stays in force: %s", policy.digest, exc)
+            enf.set_policy(old_policy)
+            enf.snoop_mode = old_mode
+            if new_mode != old_mode:
+                self._start_snooper()
+            return False
+        if new_mode != old_mode:
+            self.snoop_reason = reason
+            self._remove_xtqueue_if_unused()
+            self._start_snooper()
+        elif self.snooper is not None:
+            self.snooper.set_trusted(enf.trusted_servers())
+            if new_mode == "queue" and not enf.backend.features.get("queue"):
+                from . import xtqueue
+                from .plan import DNS_QUEUE_NUM
+
+                d = enf.desired
+                xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM)
+        self.counters["reloads"] += 1
+        log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode, policy.digest)
+        return True
+
+    def _remove_xtqueue_if_unused(self) -> None:
+        from . import xtqueue
+
+        if self.enforcer.snoop_mode != "queue" or self.enforcer.backend.features.get("queue"):
+            xtqueue.remove(self.netns_name, self.xt_created)
+            self.xt_created = []
+
+    def repair_if_needed(self) -> None:
+        from . import xtqueue
+
+        enf = self.enforcer
+        problems = enf.backend.check(enf.desired)
+        xt_needed = enf.snoop_mode == "queue" and not enf.backend.features.get("queue")
+        if xt_needed and not xtqueue.installed(self.netns_name):
+            problems.append(f"DNS queue chain {xtqueue.CHAIN} is missing")
+        if not problems:
+            return
+        log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems))
+        self.counters["repairs"] += 1
+        try:
+            enf.apply()
+            if xt_needed:
+                from .plan import DNS_QUEUE_NUM
+
+                d = enf.desired
+                xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM)
+        except BackendError as exc:
+            self.counters["apply_failures"] += 1
+            log.error("repair failed: %s", exc)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        from . import state as state_file
+
+        snoop = dict(self.snooper.counters) if self.snooper is not None else {}
+        state_file.write_state(
+            self.netns_name,
+            {
+                "pid": os.getpid(),
+                "heartbeat": time.time(),
+                "started_at": self.started_at,
+                "policy_digest": self.enforcer.policy.digest,
+                "snoop": self.enforcer.snoop_mode,
+                "snoop_reason": self.snoop_reason,
+                "xtables_created_tables": self.xt_created,
+                "counters": {**self.enforcer.counters, **self.counters, **{f"snoop_{k}": v for k, v in snoop.items()}},
+            },
+            name="controller.json",
+        )
+
+    def run_forever(self) -> None:
+        import signal
+
+        from . import sdnotify
+
+        def on_hup(signum, frame):
+            self.reload_requested.set()
+            self.wake.set()
+
+        def on_term(signum, frame):
+            self.stopping.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        self.heartbeat()
+        sdnotify.notify("READY=1", f"STATUS=enforcing policy {self.enforcer.policy.digest}")
+        watchdog = sdnotify.watchdog_interval()
+        last = {"check": time.monotonic(), "beat": 0.0, "gc": time.monotonic(), "state": time.monotonic(), "dog": 0.0}
+        while not self.stopping.is_set():
+            self.wake.wait(self.poll_interval)
+            self.wake.clear()
+            if self.stopping.is_set():
+                break
+            now = time.monotonic()
+            try:
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload("SIGHUP")
+                elif self.policy_path and self._stat_policy() != self._policy_stamp:
+                    self.reload("policy file changed")
+                self._refresh_due()
+                if now - last["check"] >= self.check_interval:
+                    last["check"] = now
+                    self.repair_if_needed()
+                if now - last["gc"] >= 5.0:
+                    last["gc"] = now
+                    with self.enforcer.lock:
+                        self.enforcer.cache.gc()
+                if now - last["state"] >= 10.0:
+                    last["state"] = now
+                    with self.enforcer.lock:
+                        self.enforcer.save_state()
+            except BackendError as exc:
+                log.error("%s", exc)
+            if now - last["beat"] >= 2.0:
+                last["beat"] = now
+                self.heartbeat()
+                sdnotify.notify(f"STATUS=enforcing policy {self.enforcer.policy.digest}; {self.enforcer.counters['ips_added']} addresses learned")
+            if watchdog and now - last["dog"] >= watchdog:
+                last["dog"] = now
+                sdnotify.notify("WATCHDOG=1")
+        sdnotify.notify("STOPPING=1")
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        from . import state as state_file
+        from .teardown import teardown
+
+        self._stop_snooper()
+        if self.cleanup:
+            teardown(self.netns_name)
+            log.info("stopped; ruleset removed (--cleanup)")
+        else:
+            state_file.write_state(self.netns_name, {"pid": None, "stopped_at": time.time(), "xtables_created_tables": self.xt_created}, name="controller.json")
+            log.info("stopped; the ruleset stays in force (fail closed); 'ramfw down' removes it")

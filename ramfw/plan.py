@@ -17,6 +17,7 @@ SET_NAMES = {("allow", 4): "allow4", ("allow", 6): "allow6", ("block", 4): "bloc
 AUDIT_LOG_GROUP = 3731  # NFLOG group for blocked attempts (events)
 DNS_LOG_GROUP = 3732  # NFLOG group for snooped DNS answers (log mode)
 DNS_QUEUE_NUM = 3733  # NFQUEUE number for held DNS answers (queue mode)
+DNS_QUERY_GROUP = 3734  # NFLOG group for DNS questions (answers count only for questions asked)
 AUDIT_PREFIX = {"output": "ramfw-block-out", "forward": "ramfw-block-fwd"}
 MIN_ELEMENT_TIMEOUT = 1
 
@@ -71,6 +72,7 @@ class DnsHook:
     hooks: tuple[str, ...]  # where answers arrive: "input" (output scope), "forward"
     queue_num: int = DNS_QUEUE_NUM
     log_group: int = DNS_LOG_GROUP
+    query_group: int = DNS_QUERY_GROUP
 
 
 @dataclass(frozen=True)

@@ -21,27 +21,32 @@ def state_dir(netns_name: str | None) -> str:
     return os.path.join(STATE_ROOT, f"net-{digits}")
 
 
-def state_path(netns_name: str | None) -> str:
-    return os.path.join(state_dir(netns_name), "state.json")
+# state.json: written at each apply (policy, cache, conflicts); controller.json: the running
+# controller's heartbeat and counters, rewritten every few seconds (kept small on purpose).
+FILES = ("state.json", "controller.json")
 
 
-def read_state(netns_name: str | None) -> dict:
+def state_path(netns_name: str | None, name: str = "state.json") -> str:
+    return os.path.join(state_dir(netns_name), name)
+
+
+def read_state(netns_name: str | None, name: str = "state.json") -> dict:
     try:
-        with open(state_path(netns_name)) as fh:
+        with open(state_path(netns_name, name)) as fh:
             return json.load(fh)
     except (OSError, ValueError):
         return {}
 
 
-def write_state(netns_name: str | None, data: dict) -> None:
+def write_state(netns_name: str | None, data: dict, name: str = "state.json") -> None:
     """Atomic replace, so a reader never sees half a file."""
     directory = state_dir(netns_name)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state.")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, state_path(netns_name))
+        os.replace(tmp, state_path(netns_name, name))
     except BaseException:
         os.unlink(tmp)
         raise
@@ -49,7 +54,7 @@ def write_state(netns_name: str | None, data: dict) -> None:
 
 def remove_state(netns_name: str | None) -> None:
     directory = state_dir(netns_name)
-    for name in ("state.json",):
+    for name in FILES:
         try:
             os.unlink(os.path.join(directory, name))
         except FileNotFoundError:

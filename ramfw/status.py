@@ -13,8 +13,7 @@ from .backends.nft import NftBackend
 HEARTBEAT_STALE = 30.0  # seconds without a controller heartbeat before it counts as gone
 
 
-def controller_liveness(data: dict) -> dict:
-    ctl = data.get("controller") or {}
+def controller_liveness(ctl: dict) -> dict:
     pid = ctl.get("pid")
     alive = False
     if pid:
@@ -34,6 +33,8 @@ def collect(netns_name: str | None) -> dict:
     finally:
         backend.close()
     saved = state_file.read_state(netns_name)
+    ctl = state_file.read_state(netns_name, "controller.json")
+    live = controller_liveness(ctl)
     out = {
         "namespace": netns_name or "(current)",
         "namespace_id": ns_ident,
@@ -50,8 +51,9 @@ def collect(netns_name: str | None) -> dict:
         "dns_servers": saved.get("dns_servers", []),
         "applied_at": saved.get("applied_at"),
         "conflicts": saved.get("conflicts", []),
-        "controller": controller_liveness(saved),
-        "controller_counters": (saved.get("controller") or {}).get("counters", {}),
+        "controller": live,
+        "snoop_reason": ctl.get("snoop_reason") if live["running"] else None,
+        "controller_counters": ctl.get("counters", {}) if live["running"] else saved.get("counters", {}),
     }
     if kernel.installed and saved.get("policy_digest") not in (None, out["policy_digest"]):
         out["warning"] = "the state file describes another policy than the kernel holds; run 'ramfw up' again"
@@ -69,7 +71,7 @@ def print_human(d: dict) -> None:
     echo(f"policy:      {d['policy_digest']} from {d['policy_source'] or 'unknown source'}{age}")
     if d.get("backend_reason"):
         echo(f"backend:     {d['backend_reason']}")
-    echo(f"dns:         snoop {d['snoop']}; trusted servers: {', '.join(d['dns_servers']) or 'none recorded'}")
+    echo(f"dns:         snoop {d['snoop_reason'] or d['snoop']}; trusted servers: {', '.join(d['dns_servers']) or 'none recorded'}")
     echo("sets:        " + ", ".join(f"{k} {v}" for k, v in sorted(d["sets"].items())))
     for name, c in sorted(d["counters"].items()):
         echo(f"counter:     {name} {c['packets']} packets, {c['bytes']} bytes")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import state as state_file
+from . import state as state_file, xtqueue
 from .backends.nft import FAMILY, TABLE, NftBackend
 
 
 def teardown(netns_name: str | None) -> list[str]:
-    """Remove ramfw's table (and state); return what was removed, [] if nothing was there."""
+    """Remove ramfw's table, its DNS queue chain and its state; return what was removed."""
     removed = []
     backend = NftBackend(netns_name)
     try:
@@ -15,5 +15,8 @@ def teardown(netns_name: str | None) -> list[str]:
             removed.append(f"table {FAMILY} {TABLE}")
     finally:
         backend.close()
+    created = state_file.read_state(netns_name, "controller.json").get("xtables_created_tables", [])
+    if xtqueue.remove(netns_name, created):
+        removed.append(f"chain {xtqueue.CHAIN} (iptables-nft {xtqueue.TABLE})")
     state_file.remove_state(netns_name)
     return removed

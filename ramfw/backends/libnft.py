@@ -1,5 +1,7 @@
 """A thin ctypes wrapper over the system's libnftables, one context per network namespace.
 
+Used for writes (one script = one atomic batch) and dry-runs; reads go through nftnl.py.
+
 A libnftables context talks to the kernel through a netlink socket; every call here runs with the
 calling thread inside the target namespace, so the socket (opened at context creation or lazily)
 and every command belong to that namespace. When the library cannot be loaded, the same calls go
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 import logging
 import subprocess
 
@@ -113,17 +114,6 @@ class NftContext:
         if proc.returncode != 0:
             raise BackendError(_first_error(proc.stderr, command))
         return proc.stdout
-
-    def run_json(self, document: dict, dry_run: bool = False) -> None:
-        self.run(json.dumps(document, separators=(",", ":")), dry_run=dry_run)
-
-    def list_json(self, what: str) -> list[dict]:
-        """`list WHAT` as parsed JSON objects (the metainfo entry dropped)."""
-        out = self.run(f"list {what}", json_output=True)
-        if not out.strip():
-            return []
-        items = json.loads(out).get("nftables", [])
-        return [i for i in items if "metainfo" not in i]
 
 
 def _first_error(err: str, command: str) -> str:

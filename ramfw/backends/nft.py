@@ -10,13 +10,13 @@ comments, where ramfw keeps its policy digest, so scripts are sent as text; read
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 from ..errors import BackendError
 from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule, family_of
 from .base import Backend, KernelState, Probe
 from .libnft import NftContext
+from .nftnl import NftReader
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,13 @@ CHAIN_PRIORITY = "filter - 10"  # before Docker's filter rules (priority filter)
 DNS_PRIORITY = "filter - 20"  # see answers before anything accepts them as established
 CHAIN_FOR_HOOK = {"output": "output_filter", "forward": "forward_filter"}
 REFUSE_CHAIN = {"output": "refuse_output", "forward": "refuse_forward"}
-DNS_CHAIN = {"input": "dns_input", "forward": "dns_forward"}
+DNS_CHAIN = {"output": "dns_output", "input": "dns_input", "forward": "dns_forward"}
 SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 ADDR = {4: "ip", 6: "ip6"}
 ICMPV6_ESSENTIALS = (
     "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
     "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
 )
-_COMMENT = re.compile(r'^\s*comment "([^"]*)"', re.M)
 
 
 @dataclass
@@ -132,14 +131,27 @@ class NftBackend(Backend):
             else:
                 refuse += ["meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
             chains.append(ChainText(REFUSE_CHAIN[chain.hook], None, rules=tuple(refuse)))
-        dns_action = self._dns_action(desired)
-        if dns_action:
-            for hook in desired.dns.hooks:
-                rules = []
-                for family, servers in ((4, desired.dns.servers4), (6, desired.dns.servers6)):
-                    if servers:
-                        rules.append(f"{ADDR[family]} saddr {_addrs(servers)} meta l4proto {{ tcp, udp }} th sport 53 counter name \"dns_answers\" {dns_action}")
-                chains.append(ChainText(DNS_CHAIN[hook], hook, DNS_PRIORITY, tuple(rules)))
+        chains += self._dns_chains(desired)
+        return chains
+
+    def _dns_chains(self, desired: DesiredState) -> list[ChainText]:
+        """Questions to the trusted servers are logged, answers from them held or copied."""
+        dns = desired.dns
+        if dns.mode == "off":
+            return []
+        action = self._dns_action(desired)
+        l4 = "meta l4proto { tcp, udp }"
+        queries, answers = [], []
+        for family, servers in ((4, dns.servers4), (6, dns.servers6)):
+            if servers:
+                queries.append(f"{ADDR[family]} daddr {_addrs(servers)} {l4} th dport 53 log group {dns.query_group}")
+                answers.append(f'{ADDR[family]} saddr {_addrs(servers)} {l4} th sport 53 counter name "dns_answers" {action}'.rstrip())
+        chains = []
+        if "input" in dns.hooks:
+            chains.append(ChainText(DNS_CHAIN["output"], "output", DNS_PRIORITY, tuple(queries)))
+            chains.append(ChainText(DNS_CHAIN["input"], "input", DNS_PRIORITY, tuple(answers)))
+        if "forward" in dns.hooks:
+            chains.append(ChainText(DNS_CHAIN["forward"], "forward", DNS_PRIORITY, tuple(queries + answers)))
         return chains
 
     def _dns_action(self, desired: DesiredState) -> str:
@@ -148,7 +160,7 @@ class NftBackend(Backend):
             return f"log group {dns.log_group}"
         if dns.mode == "queue" and self.features.get("queue", False):
             return f"queue num {dns.queue_num} bypass"
-        return ""  # off, or queue through the xtables NFQUEUE fallback (outside this table)
+        return ""  # queue through the xtables NFQUEUE fallback (see xtqueue.py): count only
 
     def _rule_text(self, rule: Rule, hook: str) -> list[str]:
         refuse = f"goto {REFUSE_CHAIN[hook]}"
@@ -187,7 +199,7 @@ class NftBackend(Backend):
     def render(self, desired: DesiredState, counters: dict[str, dict[str, int]] | None = None) -> str:
         lines = [f'\tcomment "{_meta_comment(desired)}"']
         counters = counters or {}
-        counter_names = sorted({REFUSE_CHAIN[c.hook] for c in desired.chains} | ({"dns_answers"} if self._dns_action(desired) else set()))
+        counter_names = sorted({REFUSE_CHAIN[c.hook] for c in desired.chains} | ({"dns_answers"} if desired.dns.mode != "off" else set()))
         for name in counter_names:
             # Carry the old counts across a reload so status figures do not reset.
             old = counters.get(name, {})
@@ -242,50 +254,34 @@ class NftBackend(Backend):
 
     # ---- reading ----------------------------------------------------------------------------
 
+    def _reader(self) -> NftReader:
+        return NftReader(self.netns_name, FAMILY, TABLE)
+
     def _table_exists(self) -> bool:
-        tables = self.ctx.list_json(f"tables {FAMILY}")
-        return any(t.get("table", {}).get("name") == TABLE for t in tables)
+        with self._reader() as r:
+            return r.table_comment() is not None
 
     def _read_counters(self) -> dict[str, dict[str, int]]:
-        if not self._table_exists():
-            return {}
-        out = {}
-        for item in self.ctx.list_json(f"counters table {FAMILY} {TABLE}"):
-            c = item.get("counter")
-            if c:
-                out[c["name"]] = {"packets": c.get("packets", 0), "bytes": c.get("bytes", 0)}
-        return out
+        with self._reader() as r:
+            return r.counters()
 
-    def read_state(self) -> KernelState:
+    def read_state(self, with_elements: bool = True) -> KernelState:
         state = KernelState(installed=False, backend=self.name, where=f"nft list table {FAMILY} {TABLE}")
-        if not self._table_exists():
-            return state
-        state.installed = True
-        text = self.ctx.run(f"list table {FAMILY} {TABLE}")
-        m = _COMMENT.search(text)
-        state.meta = parse_meta(m.group(1)) if m else {}
-        for item in self.ctx.list_json(f"table {FAMILY} {TABLE}"):
-            if "set" in item:
-                s = item["set"]
-                elems = {}
-                for e in s.get("elem", []):
-                    if isinstance(e, dict) and "elem" in e:
-                        elems[str(e["elem"]["val"])] = int(e["elem"].get("expires", 0))
-                    else:
-                        elems[str(e)] = 0
-                state.sets[s["name"]] = elems
-            elif "counter" in item:
-                c = item["counter"]
-                state.counters[c["name"]] = {"packets": c.get("packets", 0), "bytes": c.get("bytes", 0)}
-            elif "chain" in item:
-                state.chains.setdefault(item["chain"]["name"], 0)
-            elif "rule" in item:
-                name = item["rule"]["chain"]
-                state.chains[name] = state.chains.get(name, 0) + 1
+        with self._reader() as r:
+            comment = r.table_comment()
+            if comment is None:
+                return state
+            state.installed = True
+            state.meta = parse_meta(comment)
+            state.counters = r.counters()
+            counts = r.rule_counts()
+            state.chains = {name: counts.get(name, 0) for name in r.chains()}
+            for set_name in r.sets():
+                state.sets[set_name] = r.elements(set_name) if with_elements else {}
         return state
 
     def check(self, desired: DesiredState) -> list[str]:
-        state = self.read_state()
+        state = self.read_state(with_elements=False)
         if not state.installed:
             return [f"table {FAMILY} {TABLE} is missing"]
         problems = []

@@ -1,0 +1,185 @@
+"""Read ramfw's nf_tables objects straight over netlink.
+
+libnftables (1.0.x) fetches the whole ruleset, every set element included, before any `list`
+command: over a second with 100,000 elements. status, the controller's invariant check and apply
+(which carries counters across a replace) need only a few small facts, so they ask the kernel
+for exactly those: the table (and its comment), its chains and rule counts, its sets, its
+counter objects, and, only when asked, one set's elements.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+
+from .. import netns
+from ..errors import BackendError
+from ..nfnetlink import NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST, NETLINK_NETFILTER, iter_nlattrs, iter_nlmsgs, nfnl_msg_pack, nla_pack
+
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETOBJ = 1, 4, 7, 10, 13, 19
+NLM_F_DUMP = 0x300
+NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
+NFT_OBJECT_COUNTER = 1
+HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
+
+_U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+
+
+def _str(buf, s, e) -> str:
+    return bytes(buf[s:e]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _attrs(buf, s, e) -> dict[int, tuple[int, int]]:
+    out: dict[int, tuple[int, int]] = {}
+    for t, a, b in iter_nlattrs(buf, s, e):
+        out.setdefault(t, (a, b))
+    return out
+
+
+class NftReader:
+    """One netlink socket inside the namespace; each call is one request (or dump)."""
+
+    def __init__(self, netns_name: str | None, family: str = "inet", table: str = "ramfw"):
+        self.family = NFPROTO[family]
+        self.table = table
+        with netns.entered(netns_name):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        self.sock.bind((0, 0))
+        self.seq = 0
+        self.buf = bytearray(1 << 20)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _request(self, msg: int, attrs: bytes, dump: bool) -> list[tuple[int, int]]:
+        """Send one request; return the (start, end) of every reply payload (after nfgenmsg)."""
+        self.seq += 1
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+        self.sock.send(nfnl_msg_pack(NFNL_SUBSYS_NFTABLES, msg, self.family, 0, attrs, seq=self.seq, flags=flags))
+        replies: list[bytes] = []
+        while True:
+            n = self.sock.recv_into(self.buf)
+            done = False
+            for mtype, _flags, seq, s, e in iter_nlmsgs(self.buf, n):
+                if seq != self.seq:
+                    continue
+                if mtype == NLMSG_DONE:
+                    done = True
+                elif mtype == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", self.buf, s)[0]
+                    if code == 0:
+                        done = True
+                    elif code == errno.ENOENT:
+                        return []
+                    else:
+                        raise BackendError(f"nf_tables netlink read failed: {os.strerror(code)}")
+                else:
+                    replies.append(bytes(self.buf[s + 4 : e]))  # skip nfgenmsg
+                    if not dump:
+                        done = True
+            if done:
+                return replies  # type: ignore[return-value]
+
+    def _table_attr(self, kind: int) -> bytes:
+        return nla_pack(kind, self.table.encode() + b"\0")
+
+    # ---- facts -----------------------------------------------------------------------------
+
+    def table_comment(self) -> str | None:
+        """None when the table does not exist; its comment ("" if none) otherwise."""
+        replies = self._request(NFT_MSG_GETTABLE, self._table_attr(1), dump=False)
+        if not replies:
+            return None
+        body = replies[0]
+        a = _attrs(body, 0, len(body))
+        comment = ""
+        if 6 in a:  # NFTA_TABLE_USERDATA: TLVs of (type u8, len u8, value); comment is type 0
+            s, e = a[6]
+            i = s
+            while i + 2 <= e:
+                t, ln = body[i], body[i + 1]
+                if t == 0:
+                    comment = _str(body, i + 2, i + 2 + ln)
+                i += 2 + ln
+        return comment
+
+    def chains(self) -> dict[str, str | None]:
+        """chain name -> hook name (None for regular chains)."""
+        out: dict[str, str | None] = {}
+        for body in self._request(NFT_MSG_GETCHAIN, self._table_attr(1), dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(1, (0, 0))) != self.table or 3 not in a:
+                continue
+            hook = None
+            if 4 in a:
+                h = _attrs(body, *a[4])
+                if 1 in h:
+                    hook = HOOKS.get(_U32.unpack_from(body, h[1][0])[0], "?")
+            out[_str(body, *a[3])] = hook
+        return out
+
+    def rule_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for body in self._request(NFT_MSG_GETRULE, self._table_attr(1), dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(1, (0, 0))) != self.table or 2 not in a:
+                continue
+            chain = _str(body, *a[2])
+            counts[chain] = counts.get(chain, 0) + 1
+        return counts
+
+    def sets(self) -> list[str]:
+        names = []
+        for body in self._request(NFT_MSG_GETSET, self._table_attr(1), dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(1, (0, 0))) == self.table and 2 in a:
+                name = _str(body, *a[2])
+                if not name.startswith("__set"):  # anonymous sets of rules like `ip daddr { … }`
+                    names.append(name)
+        return names
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        attrs = self._table_attr(1) + nla_pack(3, _U32.pack(NFT_OBJECT_COUNTER))
+        out = {}
+        for body in self._request(NFT_MSG_GETOBJ, attrs, dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(1, (0, 0))) != self.table or 2 not in a or 4 not in a:
+                continue
+            d = _attrs(body, *a[4])
+            get = lambda k: _U64.unpack_from(body, d[k][0])[0] if k in d else 0  # noqa: E731
+            out[_str(body, *a[2])] = {"packets": get(2), "bytes": get(1)}
+        return out
+
+    def elements(self, set_name: str) -> dict[str, int]:
+        """ip -> seconds until it expires (0 if it has no timeout)."""
+        attrs = nla_pack(1, self.table.encode() + b"\0") + nla_pack(2, set_name.encode() + b"\0")
+        out: dict[str, int] = {}
+        for body in self._request(NFT_MSG_GETSETELEM, attrs, dump=True):
+            a = _attrs(body, 0, len(body))
+            if 3 not in a:
+                continue
+            for _t, s, e in iter_nlattrs(body, *a[3]):  # NFTA_LIST_ELEM
+                el = _attrs(body, s, e)
+                if 1 not in el:
+                    continue
+                key = _attrs(body, *el[1])
+                if 1 not in key:
+                    continue
+                ks, ke = key[1]
+                raw = bytes(body[ks:ke])
+                if len(raw) not in (4, 16):
+                    continue
+                expires = _U64.unpack_from(body, el[5][0])[0] // 1000 if 5 in el else 0
+                out[str(ipaddress.ip_address(raw))] = int(expires)
+        return out

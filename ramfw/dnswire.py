@@ -1,0 +1,539 @@
+"""Fast DNS answer extraction for the packet path.
+
+The snooper sees every DNS answer from the trusted servers, so this module trades generality for
+speed: it decodes only what crediting needs (header, first question, A/AAAA/CNAME answers of class
+IN) and walks over everything else just far enough to prove the message is well formed. It is
+stdlib only and is checked against dnspython by tests/unit/test_dnswire.py: whatever dnspython
+parses, this parses to the same values; whatever is out of bounds or inconsistent raises
+MalformedPacket, never another exception.
+
+Also here: raw IP/UDP/TCP header parsing for packets delivered by NFQUEUE/NFLOG, and reassembly
+of DNS messages carried over TCP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Hashable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+TYPE_A = 1
+TYPE_CNAME = 5
+TYPE_AAAA = 28
+TYPE_OPT = 41
+CLASS_IN = 1
+
+_HEADER = struct.Struct("!6H")
+_QTAIL = struct.Struct("!HH")
+_RRTAIL = struct.Struct("!HHIH")
+
+# Same limits as dnspython, so both accept and reject the same names.
+_MAX_NAME_WIRE = 255
+_MAX_POINTERS = 16
+
+# Bytes dnspython prints as themselves inside a label; every other byte is escaped.
+_SPECIAL = b'"().;\\@$'
+_PLAIN = bytes(c for c in range(0x21, 0x7F) if c not in _SPECIAL)
+# Text of each byte inside a label, already lowercased (escapes contain only digits).
+_LABEL_TEXT = tuple(
+    chr(c).lower()
+    if c in _PLAIN
+    else "\\" + chr(c)
+    if c in _SPECIAL
+    else f"\\{c:03d}"
+    for c in range(256)
+)
+
+
+class MalformedPacket(ValueError):
+    """The bytes are not a packet/message we can trust; str() is a one-line reason."""
+
+
+class _Short(MalformedPacket):
+    """Ran off the end of the message; tolerated after the question when TC is set."""
+
+
+@dataclass(slots=True, frozen=True)
+class Question:
+    name: str  # lowercase, no trailing dot, root is ""; escaped like dnspython's to_text()
+    qtype: int
+    qclass: int
+
+
+@dataclass(slots=True)
+class Message:
+    id: int
+    is_response: bool
+    opcode: int
+    rcode: int  # including the EDNS extended bits, as dnspython's Message.rcode()
+    truncated: bool
+    question: Question | None  # the first question; None when qdcount == 0
+    qdcount: int
+    # (owner, rrtype, ttl, value) for class-IN A/AAAA (ip address) and CNAME (target name).
+    answers: list[tuple[str, int, int, object]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+def _read_name(buf: bytes, pos: int, end: int) -> tuple[list[bytes], int, int]:
+    """Read a possibly compressed name at pos; return (labels, offset just after the name,
+    number of pointers followed).
+
+    Mirrors dnspython's rules so both agree on what is valid: a pointer must point strictly
+    before the start of the piece of name it occurs in (this alone forbids loops), the target
+    must not overlap what was read so far, at most 16 pointers, at most 255 bytes on the wire.
+    """
+    labels: list[bytes] = []
+    wire_len = 1  # the terminating root label
+    piece_start = pos
+    limit = end
+    after = -1  # where the caller resumes: just after the first pointer, if any
+    pointers = 0
+    while True:
+        if pos >= limit:
+            raise _short_or_bad(limit, len(buf), "name runs past its end")
+        n = buf[pos]
+        if n == 0:
+            pos += 1
+            break
+        if n < 64:
+            pos += 1
+            stop = pos + n
+            if stop > limit:
+                raise _short_or_bad(limit, len(buf), "label runs past its end")
+            labels.append(buf[pos:stop])
+            wire_len += n + 1
+            if wire_len > _MAX_NAME_WIRE:
+                raise MalformedPacket("name longer than 255 bytes")
+            pos = stop
+        elif n >= 0xC0:
+            if pos + 1 >= limit:
+                raise _short_or_bad(limit, len(buf), "compression pointer cut off")
+            target = ((n & 0x3F) << 8) | buf[pos + 1]
+            if target >= piece_start:
+                raise MalformedPacket("compression pointer does not point backwards")
+            pointers += 1
+            if pointers > _MAX_POINTERS:
+                raise MalformedPacket("compression pointer chain too long")
+            if after < 0:
+                after = pos + 2
+            # The target must end before the piece that points to it begins.
+            limit = piece_start
+            pos = piece_start = target
+        else:
+            raise MalformedPacket(f"bad label type 0x{n:02x}")
+    return labels, (pos if after < 0 else after), pointers
+
+
+def _name_at(buf: bytes, pos: int, end: int, memo: dict) -> tuple[str, int]:
+    """Like _read_name but returns the text, and remembers it (memo: one dict per message).
+
+    Most owner names are a bare pointer to a name decoded earlier in the same message; those
+    are answered from memo when following the pointer would be valid: the target lies before
+    this name, its first piece ends before this name (the non-overlap rule), and one more
+    pointer stays within the limit.
+    """
+    if pos + 1 < end and buf[pos] >= 0xC0:
+        target = ((buf[pos] & 0x3F) << 8) | buf[pos + 1]
+        hit = memo.get(target)
+        if hit is not None and hit[1] <= pos and hit[2] < _MAX_POINTERS:
+            return hit[0], pos + 2
+    labels, after, pointers = _read_name(buf, pos, end)
+    text = _name_text(labels)
+    memo[pos] = (text, after, pointers)
+    return text, after
+
+
+def _short_or_bad(limit: int, buflen: int, reason: str) -> MalformedPacket:
+    # Running into the end of the data may be truncation; running into any other limit
+    # (end of rdata, start of a pointer's piece) is an inconsistency.
+    return _Short(reason) if limit == buflen else MalformedPacket(reason)
+
+
+def _name_text(labels: list[bytes]) -> str:
+    """Text as dnspython's to_text(omit_final_dot=True).lower(); the root is ""."""
+    # Fast path: nothing needs escaping, which is every real hostname.
+    if not b"".join(labels).translate(None, _PLAIN):
+        return b".".join(labels).lower().decode("ascii")
+    return ".".join("".join(map(_LABEL_TEXT.__getitem__, label)) for label in labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages
+
+
+def parse_message(data: bytes | bytearray | memoryview) -> Message:
+    """Parse one DNS message (a UDP payload, or a TCP message without its length prefix).
+
+    Walks every section so a message is accepted only if it is well formed throughout (as
+    dnspython would), except that a message with TC set may end early after the question: it is
+    returned with the records that were complete. Raises MalformedPacket, never anything else,
+    for any bytes-like input.
+    """
+    buf = data if isinstance(data, bytes) else bytes(data)
+    end = len(buf)
+    if end < 12:
+        raise MalformedPacket("shorter than a DNS header")
+    msg_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(buf, 0)
+    truncated = bool(flags & 0x0200)
+    memo: dict[int, tuple[str, int, int]] = {}
+    question, pos = _read_questions(buf, 12, end, qdcount, memo)
+    msg = Message(
+        msg_id,
+        bool(flags & 0x8000),
+        (flags >> 11) & 0xF,
+        flags & 0xF,
+        truncated,
+        question,
+        qdcount,
+        [],
+    )
+    try:
+        pos = _read_answers(buf, pos, end, ancount, msg.answers, memo)
+        pos = _skip_records(buf, pos, end, nscount, None)
+        pos = _skip_records(buf, pos, end, arcount, msg)
+    except _Short:
+        if not truncated:
+            raise
+        return msg
+    if pos != end:
+        raise MalformedPacket(f"{end - pos} bytes of trailing junk")
+    return msg
+
+
+def _read_questions(
+    buf: bytes, pos: int, end: int, count: int, memo: dict
+) -> tuple[Question | None, int]:
+    first = None
+    for i in range(count):
+        name, pos = _name_at(buf, pos, end, memo)
+        if pos + 4 > end:
+            raise MalformedPacket("question cut off")
+        if i == 0:
+            qtype, qclass = _QTAIL.unpack_from(buf, pos)
+            first = Question(name, qtype, qclass)
+        pos += 4
+    return first, pos
+
+
+def _rr_fixed(buf: bytes, pos: int, end: int) -> tuple[int, int, int, int, int]:
+    """Read the fields after a record's owner; return (type, class, ttl, rdata start, rdata
+    end) after checking the rdata lies within the message."""
+    if pos + 10 > end:
+        raise _Short("record header cut off")
+    rtype, rclass, ttl, rdlen = _RRTAIL.unpack_from(buf, pos)
+    pos += 10
+    if pos + rdlen > end:
+        raise _Short("rdata runs past the end")
+    return rtype, rclass, ttl, pos, pos + rdlen
+
+
+def _read_answers(buf: bytes, pos: int, end: int, count: int, out: list, memo: dict) -> int:
+    for _ in range(count):
+        owner, pos = _name_at(buf, pos, end, memo)
+        rtype, rclass, ttl, rd, pos = _rr_fixed(buf, pos, end)
+        if rtype == TYPE_OPT:
+            raise MalformedPacket("OPT record outside the additional section")
+        if rclass != CLASS_IN:
+            continue  # CH/HS records say nothing about where hosts live
+        if rtype == TYPE_A:
+            if pos - rd != 4:
+                raise MalformedPacket(f"A record with rdlength {pos - rd}")
+            value: object = ipaddress.IPv4Address(buf[rd:pos])
+        elif rtype == TYPE_AAAA:
+            if pos - rd != 16:
+                raise MalformedPacket(f"AAAA record with rdlength {pos - rd}")
+            value = ipaddress.IPv6Address(buf[rd:pos])
+        elif rtype == TYPE_CNAME:
+            value, after = _name_at(buf, rd, pos, memo)
+            if after != pos:
+                raise MalformedPacket("CNAME rdata longer than its name")
+        else:
+            continue
+        # RFC 2181 section 8: a TTL with the top bit set means zero (dnspython agrees).
+        out.append((owner, rtype, ttl if ttl <= 0x7FFFFFFF else 0, value))
+    return pos
+
+
+def _skip_records(buf: bytes, pos: int, end: int, count: int, additional: Message | None) -> int:
+    """Walk authority (additional=None) or additional records, checking bounds only, except
+    the EDNS OPT record whose TTL field carries the upper bits of the rcode."""
+    seen_opt = False
+    for _ in range(count):
+        owner, pos, _pointers = _read_name(buf, pos, end)
+        rtype, _cls, ttl, _rd, pos = _rr_fixed(buf, pos, end)
+        if rtype != TYPE_OPT:
+            continue
+        if additional is None:
+            raise MalformedPacket("OPT record outside the additional section")
+        if seen_opt or owner:
+            raise MalformedPacket("second OPT record or OPT not owned by the root")
+        seen_opt = True
+        additional.rcode |= (ttl >> 20) & 0xFF0
+    return pos
+
+
+def resolve_chain(msg: Message) -> tuple[list[str], list[tuple[IPAddress, int]]]:
+    """Follow CNAMEs within the answer section from the question name.
+
+    Returns (chain, addresses): the names in order, question name first, and (ip, ttl) of every
+    A/AAAA record owned by a name in the chain, whatever the qtype (the caller decides). Records
+    owned by names outside the chain are ignored: a server may not vouch for unrelated names.
+    Owner comparison is case-insensitive. At most 16 hops; a loop just ends the chain. If an
+    owner has several CNAMEs (invalid), the first one wins.
+    """
+    if msg.question is None:
+        return [], []
+    cnames: dict[str, str] = {}
+    for owner, rtype, _ttl, value in msg.answers:
+        if rtype == TYPE_CNAME:
+            cnames.setdefault(owner.lower(), str(value).lower())
+    chain = [msg.question.name.lower()]
+    seen = set(chain)
+    for _ in range(16):
+        target = cnames.get(chain[-1])
+        if target is None or target in seen:
+            break
+        chain.append(target)
+        seen.add(target)
+    addresses = [
+        (value, ttl)
+        for owner, rtype, ttl, value in msg.answers
+        if (rtype == TYPE_A or rtype == TYPE_AAAA) and owner.lower() in seen
+    ]
+    return chain, addresses  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
+# IP packets
+
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_PSH = 0x08
+TCP_ACK = 0x10
+
+_IPV6_EXT_HEADERS = (0, 43, 60)  # hop-by-hop, routing, destination options
+_IPV6_FRAGMENT = 44
+
+_IPV4_HEAD = struct.Struct("!BBHHHBBH4s4s")
+_IPV6_HEAD = struct.Struct("!IHBB16s16s")
+_UDP_HEAD = struct.Struct("!HHHH")
+_TCP_HEAD = struct.Struct("!HHIIBB")
+
+
+@dataclass(slots=True)
+class Packet:
+    version: int  # 4 or 6
+    src: IPAddress
+    dst: IPAddress
+    proto: int  # 17 UDP, 6 TCP
+    sport: int
+    dport: int
+    payload: bytes  # L4 payload
+    tcp_seq: int = 0
+    tcp_flags: int = 0  # the 8 flag bits CWR..FIN (see TCP_* constants)
+
+
+def parse_ip_packet(data: bytes | bytearray | memoryview) -> Packet:
+    """Parse a raw IPv4/IPv6 packet carrying UDP or TCP, as NFQUEUE/NFLOG deliver it.
+
+    Fragments are refused: a DNS message split over fragments cannot be trusted piecewise, and
+    the kernel reassembles before the hooks we use anyway. Raises MalformedPacket only.
+    """
+    buf = data if isinstance(data, bytes) else bytes(data)
+    if not buf:
+        raise MalformedPacket("empty packet")
+    version = buf[0] >> 4
+    if version == 4:
+        src, dst, proto, start, end = _parse_ipv4(buf)
+    elif version == 6:
+        src, dst, proto, start, end = _parse_ipv6(buf)
+    else:
+        raise MalformedPacket(f"IP version {version}")
+    if proto == PROTO_UDP:
+        return _parse_udp(buf, start, end, version, src, dst)
+    if proto == PROTO_TCP:
+        return _parse_tcp(buf, start, end, version, src, dst)
+    raise MalformedPacket("not udp/tcp")
+
+
+def _parse_ipv4(buf: bytes) -> tuple[IPAddress, IPAddress, int, int, int]:
+    if len(buf) < 20:
+        raise MalformedPacket("IPv4 header cut off")
+    vihl, _tos, total, _ident, frag, _ttl, proto, _csum, src, dst = _IPV4_HEAD.unpack_from(buf)
+    header_len = (vihl & 0x0F) * 4
+    if header_len < 20:
+        raise MalformedPacket("IPv4 header length below 20")
+    if total < header_len or total > len(buf):
+        raise MalformedPacket("IPv4 total length inconsistent")
+    if frag & 0x3FFF:  # MF flag or a non-zero offset
+        raise MalformedPacket("fragment")
+    return ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst), proto, header_len, total
+
+
+def _parse_ipv6(buf: bytes) -> tuple[IPAddress, IPAddress, int, int, int]:
+    if len(buf) < 40:
+        raise MalformedPacket("IPv6 header cut off")
+    _vtcfl, payload_len, next_header, _hops, src, dst = _IPV6_HEAD.unpack_from(buf)
+    end = 40 + payload_len
+    if payload_len == 0 or end > len(buf):  # 0 would be a jumbogram: not for DNS
+        raise MalformedPacket("IPv6 payload length inconsistent")
+    pos = 40
+    # Each extension header is at least 8 bytes, so this loop ends within the packet.
+    while next_header in _IPV6_EXT_HEADERS or next_header == _IPV6_FRAGMENT:
+        if pos + 8 > end:
+            raise MalformedPacket("IPv6 extension header cut off")
+        if next_header == _IPV6_FRAGMENT:
+            offset_flags = (buf[pos + 2] << 8) | buf[pos + 3]
+            if offset_flags & 0xFFF9:  # offset (top 13 bits) or M (bit 0); atomic is allowed
+                raise MalformedPacket("fragment")
+            length = 8
+        else:
+            length = (buf[pos + 1] + 1) * 8
+        next_header = buf[pos]
+        pos += length
+        if pos > end:
+            raise MalformedPacket("IPv6 extension header cut off")
+    addr = ipaddress.IPv6Address
+    return addr(src), addr(dst), next_header, pos, end
+
+
+def _parse_udp(buf: bytes, pos: int, end: int, version: int, src, dst) -> Packet:
+    if pos + 8 > end:
+        raise MalformedPacket("UDP header cut off")
+    sport, dport, length, _csum = _UDP_HEAD.unpack_from(buf, pos)
+    if length < 8 or pos + length > end:
+        raise MalformedPacket("UDP length inconsistent")
+    return Packet(version, src, dst, PROTO_UDP, sport, dport, buf[pos + 8 : pos + length])
+
+
+def _parse_tcp(buf: bytes, pos: int, end: int, version: int, src, dst) -> Packet:
+    if pos + 20 > end:
+        raise MalformedPacket("TCP header cut off")
+    sport, dport, seq, _ack, offset, flags = _TCP_HEAD.unpack_from(buf, pos)
+    header_len = (offset >> 4) * 4
+    if header_len < 20 or pos + header_len > end:
+        raise MalformedPacket("TCP data offset inconsistent")
+    payload = buf[pos + header_len : end]
+    return Packet(version, src, dst, PROTO_TCP, sport, dport, payload, seq, flags)
+
+
+# ---------------------------------------------------------------------------------------------
+# DNS over TCP
+
+
+class _Flow:
+    __slots__ = ("next_seq", "buf", "broken")
+
+    def __init__(self, seq: int):
+        self.next_seq = seq
+        self.buf = bytearray()
+        self.broken = False  # lost sync: ignore the rest of this connection
+
+
+class TcpDnsReassembler:
+    """Reassemble length-prefixed DNS messages from TCP segments of many flows.
+
+    A flow starts at the sequence number of the first data segment seen for it (a DNS server
+    sends nothing before its first answer). Exact or partial retransmits of bytes already
+    consumed are trimmed. A gap (a segment ahead of the next expected byte) means a message
+    cannot be rebuilt and later ones can no longer be framed, so the flow's buffer is dropped
+    and the flow is ignored until close(); the caller falls back to active resolution. Memory
+    is bounded: a flow holding more than max_flow_bytes is likewise given up (counted in
+    overflows), and beyond max_flows the least recently used flow is evicted.
+    """
+
+    def __init__(self, max_flow_bytes: int = 70 * 1024, max_flows: int = 1024):
+        self.max_flow_bytes = max_flow_bytes
+        self.max_flows = max_flows
+        self._flows: OrderedDict[Hashable, _Flow] = OrderedDict()
+        self.gaps = 0
+        self.evicted = 0
+        self.overflows = 0
+        self.retransmits = 0
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def feed(self, flow: Hashable, seq: int, payload: bytes) -> list[bytes]:
+        """Add one segment's payload; return the messages it completes (no length prefix)."""
+        if not payload:
+            return []  # pure ACK/FIN: no data, and its seq says nothing new
+        state = self._flow(flow, seq)
+        if state.broken:
+            return []
+        data = self._in_order_part(state, seq, payload)
+        if data is None:
+            return []
+        state.buf += data
+        state.next_seq = (state.next_seq + len(data)) & 0xFFFFFFFF
+        messages = _split_messages(state.buf)
+        if len(state.buf) > self.max_flow_bytes or _pending_size(state.buf) > self.max_flow_bytes:
+            self.overflows += 1
+            self._give_up(state)
+        return messages
+
+    def close(self, flow: Hashable) -> None:
+        """Forget a flow (FIN/RST seen); unknown flows are fine."""
+        self._flows.pop(flow, None)
+
+    def _flow(self, flow: Hashable, seq: int) -> _Flow:
+        state = self._flows.get(flow)
+        if state is not None:
+            self._flows.move_to_end(flow)
+            return state
+        if len(self._flows) >= self.max_flows:
+            self._flows.popitem(last=False)
+            self.evicted += 1
+        state = self._flows[flow] = _Flow(seq)
+        return state
+
+    def _in_order_part(self, state: _Flow, seq: int, payload: bytes) -> bytes | None:
+        """The part of payload that starts at next_seq, or None if there is none."""
+        ahead = (seq - state.next_seq) & 0xFFFFFFFF  # sequence numbers wrap at 2**32
+        if ahead == 0:
+            return payload
+        if ahead < 0x80000000:
+            self.gaps += 1
+            self._give_up(state)
+            return None
+        behind = 0x100000000 - ahead
+        self.retransmits += 1
+        if behind >= len(payload):
+            return None  # everything already consumed
+        return payload[behind:]
+
+    @staticmethod
+    def _give_up(state: _Flow) -> None:
+        state.buf = bytearray()
+        state.broken = True
+
+
+def _split_messages(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete length-prefixed message at the front of buf."""
+    messages = []
+    pos = 0
+    while len(buf) - pos >= 2:
+        size = (buf[pos] << 8) | buf[pos + 1]
+        if len(buf) - pos - 2 < size:
+            break
+        messages.append(bytes(buf[pos + 2 : pos + 2 + size]))
+        pos += 2 + size
+    if pos:
+        del buf[:pos]
+    return messages
+
+
+def _pending_size(buf: bytearray) -> int:
+    """Bytes the incomplete message at the front of buf will need in total."""
+    return 2 + ((buf[0] << 8) | buf[1]) if len(buf) >= 2 else len(buf)

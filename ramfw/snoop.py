@@ -1,0 +1,290 @@
+"""DNS snooping: learn every address a client in scope is told, and program it before the client
+can use it.
+
+Queries to the trusted servers are copied to us (NFLOG); answers from them are held in a queue
+(NFQUEUE, `queue` mode) until their addresses are in the kernel sets, or copied (NFLOG, `log`
+mode) and programmed right after. An answer counts only when it comes from a trusted server, for
+a question we saw asked on the same flow with the same ID, name and type; its addresses are
+credited to the name the client asked for, through the CNAME chain inside the answer. What the
+policy makes of the name is the controller's business: it hands us `credit`.
+
+The snooper never imports a backend and never raises on a packet: malformed input is counted
+and the packet released.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import selectors
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable
+
+from . import netns
+from .dnswire import (
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_FIN,
+    TCP_RST,
+    MalformedPacket,
+    Question,
+    TcpDnsReassembler,
+    parse_ip_packet,
+    parse_message,
+    resolve_chain,
+)
+from .nfnetlink import NfLog, NfQueue
+
+log = logging.getLogger(__name__)
+
+# credit(queried name, CNAME chain, [(ip, ttl)]) -> (elements programmed, outcome word)
+Credit = Callable[[str, list[str], list[tuple[object, int]]], tuple[int, str]]
+
+COUNTERS = (
+    "answers_seen",  # answer packets (or TCP messages) examined
+    "answers_used",  # answers whose addresses were credited to an allowed (or blocked) name
+    "ips_programmed",  # set elements added or refreshed from snooped answers
+    "queries_seen",
+    "malformed",  # packets or messages that do not parse
+    "untrusted",  # answers from a server that is not trusted
+    "unsolicited",  # answers to no outstanding question
+    "mismatched",  # answers whose question differs from the one asked
+    "not_listed",  # answers for names the policy does not list (or, allowlist, blocks)
+    "blocked_chain",  # allowed names whose CNAME chain passes through a blocked name
+    "tcp_fallbacks",  # TCP answers that could not be reassembled: resolved actively instead
+    "queue_overruns",
+    "log_overruns",
+    "errors",
+)
+
+
+class QuestionTracker:
+    """Outstanding questions: (client ip, client port, server ip, id) -> question, until answered
+    or timed out. Bounded: the oldest are forgotten first."""
+
+    def __init__(self, timeout: float = 10.0, limit: int = 65536, clock=time.monotonic):
+        self.timeout = timeout
+        self.limit = limit
+        self.clock = clock
+        self._pending: OrderedDict[tuple, tuple[str, int, float]] = OrderedDict()
+
+    def asked(self, key: tuple, question: Question) -> None:
+        self._pending.pop(key, None)
+        self._pending[key] = (question.name, question.qtype, self.clock() + self.timeout)
+        while len(self._pending) > self.limit:
+            self._pending.popitem(last=False)
+
+    def take(self, key: tuple, question: Question) -> str:
+        """'ok' (and forget it), 'unsolicited' or 'mismatched'."""
+        pending = self._pending.get(key)
+        if pending is None or pending[2] < self.clock():
+            return "unsolicited"
+        name, qtype, _ = pending
+        if name != question.name or qtype != question.qtype:
+            return "mismatched"
+        del self._pending[key]
+        return "ok"
+
+    def names_for_flow(self, client: str, port: int, server: str) -> list[str]:
+        return [q[0] for k, q in self._pending.items() if k[:3] == (client, port, server)]
+
+    def gc(self) -> None:
+        now = self.clock()
+        for key in [k for k, v in self._pending.items() if v[2] < now]:
+            del self._pending[key]
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+class Snooper:
+    def __init__(
+        self,
+        netns_name: str | None,
+        trusted: tuple[str, ...],
+        credit: Credit,
+        mode: str,
+        queue_num: int,
+        answer_group: int,
+        query_group: int,
+        fallback: Callable[[str], None] | None = None,
+        clock=time.monotonic,
+    ):
+        if mode not in ("queue", "log"):
+            raise ValueError(f"snoop mode {mode!r}")
+        self.netns_name = netns_name
+        self.credit = credit
+        self.mode = mode
+        self.queue_num, self.answer_group, self.query_group = queue_num, answer_group, query_group
+        self.fallback = fallback
+        self.tracker = QuestionTracker(clock=clock)
+        self.answer_streams = TcpDnsReassembler()
+        self.query_streams = TcpDnsReassembler()
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self.set_trusted(trusted)
+        self.queue: NfQueue | None = None
+        self.answer_log: NfLog | None = None
+        self.query_log: NfLog | None = None
+
+    def set_trusted(self, servers) -> None:
+        self.trusted = frozenset(str(ipaddress.ip_address(s)) for s in servers)
+
+    # ---- sockets ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind the netlink sockets inside the namespace (they stay bound to it)."""
+        with netns.entered(self.netns_name):
+            self.query_log = NfLog(self.query_group)
+            if self.mode == "queue":
+                self.queue = NfQueue(self.queue_num)
+            else:
+                self.answer_log = NfLog(self.answer_group)
+
+    def close(self) -> None:
+        for sock in (self.queue, self.answer_log, self.query_log):
+            if sock is not None:
+                sock.close()
+        self.queue = self.answer_log = self.query_log = None
+
+    # ---- packets ----------------------------------------------------------------------------
+
+    def on_query(self, payload: bytes) -> None:
+        try:
+            pkt = parse_ip_packet(payload)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return
+        server = str(pkt.dst)
+        if server not in self.trusted or pkt.dport != 53:
+            return
+        client = str(pkt.src)
+        if pkt.proto == PROTO_UDP:
+            raws = [pkt.payload]
+        else:
+            flow = (client, pkt.sport, server, 53)
+            raws = self.query_streams.feed(flow, pkt.tcp_seq, pkt.payload)
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST):
+                self.query_streams.close(flow)
+        for raw in raws:
+            try:
+                msg = parse_message(raw)
+            except MalformedPacket:
+                self.counters["malformed"] += 1
+                continue
+            if msg.is_response or msg.question is None:
+                continue
+            self.counters["queries_seen"] += 1
+            self.tracker.asked((client, pkt.sport, server, msg.id), msg.question)
+
+    def on_answer(self, payload: bytes) -> None:
+        """Examine one answer packet and credit what it teaches. Never raises."""
+        try:
+            self._on_answer(payload)
+        except Exception:  # a bug must not stop DNS: count it, log once per kind, release
+            self.counters["errors"] += 1
+            log.exception("unexpected error while snooping a DNS answer; packet released")
+
+    def _on_answer(self, payload: bytes) -> None:
+        try:
+            pkt = parse_ip_packet(payload)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return
+        server, client = str(pkt.src), str(pkt.dst)
+        if server not in self.trusted or pkt.sport != 53:
+            self.counters["untrusted"] += 1
+            return
+        if pkt.proto == PROTO_UDP:
+            raws = [pkt.payload]
+        else:
+            flow = (server, 53, client, pkt.dport)
+            gaps = self.answer_streams.gaps + self.answer_streams.overflows
+            raws = self.answer_streams.feed(flow, pkt.tcp_seq, pkt.payload)
+            if self.answer_streams.gaps + self.answer_streams.overflows != gaps:
+                self._fall_back(client, pkt.dport, server)
+            if pkt.tcp_flags & (TCP_FIN | TCP_RST):
+                self.answer_streams.close(flow)
+        for raw in raws:
+            self._on_message(raw, client, pkt.dport, server)
+
+    def _on_message(self, raw: bytes, client: str, port: int, server: str) -> None:
+        self.counters["answers_seen"] += 1
+        try:
+            msg = parse_message(raw)
+        except MalformedPacket:
+            self.counters["malformed"] += 1
+            return
+        if not msg.is_response or msg.opcode != 0 or msg.qdcount != 1 or msg.question is None:
+            self.counters["mismatched"] += 1
+            return
+        outcome = self.tracker.take((client, port, server, msg.id), msg.question)
+        if outcome != "ok":
+            self.counters[outcome] += 1
+            return
+        if msg.rcode != 0:
+            return
+        chain, addresses = resolve_chain(msg)
+        if not addresses:
+            return
+        programmed, outcome = self.credit(msg.question.name, chain, addresses)
+        if outcome == "ok":
+            self.counters["answers_used"] += 1
+            self.counters["ips_programmed"] += programmed
+        else:
+            self.counters[outcome] += 1
+
+    def _fall_back(self, client: str, port: int, server: str) -> None:
+        self.counters["tcp_fallbacks"] += 1
+        for name in self.tracker.names_for_flow(client, port, server):
+            log.info("DNS over TCP answer for %s could not be reassembled; resolving it actively", name)
+            if self.fallback is not None:
+                self.fallback(name)
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def _drain_queries(self) -> None:
+        assert self.query_log is not None
+        while True:
+            packets = self.query_log.receive(timeout=0)
+            for p in packets:
+                self.on_query(p.payload)
+            if not packets:
+                return
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set. A query's log message is queued in the kernel before the
+        query leaves, so it is on the socket before its answer can exist."""
+        sel = selectors.DefaultSelector()
+        for sock in (self.query_log, self.queue, self.answer_log):
+            if sock is not None:
+                sel.register(sock.fileno(), selectors.EVENT_READ)
+        last_gc = time.monotonic()
+        try:
+            while not stop.is_set():
+                sel.select(timeout=0.25)
+                # Take the answers first, then read the queries: every query whose answer is in
+                # hand was logged before that answer existed, so it is on the socket by now.
+                queued = self.queue.receive(timeout=0) if self.queue is not None else []
+                logged = self.answer_log.receive(timeout=0) if self.answer_log is not None else []
+                self._drain_queries()
+                for p in queued:
+                    try:
+                        self.on_answer(p.payload)
+                    finally:
+                        self.queue.verdict(p.packet_id, True)
+                for p in logged:
+                    self.on_answer(p.payload)
+                self._sync_overruns()
+                if time.monotonic() - last_gc > 5:
+                    self.tracker.gc()
+                    last_gc = time.monotonic()
+        finally:
+            sel.close()
+
+    def _sync_overruns(self) -> None:
+        if self.queue is not None:
+            self.counters["queue_overruns"] = self.queue.overruns
+        overruns = sum(s.overruns for s in (self.answer_log, self.query_log) if s is not None)
+        self.counters["log_overruns"] = overruns
