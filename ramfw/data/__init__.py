@@ -1,0 +1,1 @@
+"""Package data: the registry catalog and the embedded default policy."""
