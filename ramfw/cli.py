@@ -134,17 +134,56 @@ def explain(
 @app.command()
 def check(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, as_json: bool = JsonOpt):
     """Verify the restrictions by probing from inside the namespace; exit 3 on any mismatch."""
-    raise NotAvailableError("'ramfw check' is not available yet in this build")
+    from . import check as check_mod, state as state_file
+    from .backends.nft import NftBackend
+    from .errors import EXIT_MISMATCH
+
+    from .netns import require
+
+    require(netns)
+    pol = state_file.enforced_policy(state_file.read_state(netns), policy)
+    backend = NftBackend(netns)
+    try:
+        kernel = backend.read_state()
+    finally:
+        backend.close()
+    allowed = {ip for name, elems in kernel.sets.items() if name.startswith("allow") for ip in elems}
+    allowed |= {ip for c in pol.allow_cidrs for ip in ([c.split("/")[0]] if c.endswith(("/32", "/128")) else [])}
+    rows = check_mod.run_check(pol, netns, allowed, log_mode=kernel.meta.get("snoop") == "log")
+    if not kernel.installed:
+        log.warning("ramfw enforces nothing in this namespace: every refused expectation will be a mismatch")
+    _emit(check_mod.to_json(rows) if as_json else rows, as_json, check_mod.print_human)
+    if check_mod.summary(rows)["mismatches"]:
+        raise typer.Exit(EXIT_MISMATCH)
 
 
 @app.command()
 def events(
     netns: Optional[str] = NetnsOpt,
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events (JSON lines with --json)."),
     as_json: bool = JsonOpt,
 ):
-    """Show blocked attempts: time, scope, destination, hostname."""
-    raise NotAvailableError("'ramfw events' is not available yet in this build")
+    """Show blocked attempts recorded by the controller: time, scope, destination, hostname."""
+    from . import audit, status as status_mod, state as state_file
+
+    def line(ev: dict) -> str:
+        where = f"{ev['dst']}:{ev['dport']}" if ev.get("dport") is not None else ev["dst"]
+        uid = f" uid={ev['uid']}" if ev.get("uid") is not None else ""
+        return f"{ev['time']}  {ev['scope']:<7}{uid}  {ev['proto']:<4} {ev['src']} -> {where}  {ev.get('hostname') or '-'}"
+
+    if follow:
+        for ev in audit.follow_events(netns):
+            typer.echo(json.dumps(ev) if as_json else line(ev))
+        return
+    evs = audit.read_events(netns)
+    if as_json:
+        typer.echo(json.dumps(evs, indent=2))
+        return
+    for ev in evs:
+        typer.echo(line(ev))
+    if not evs:
+        running = status_mod.controller_liveness(state_file.read_state(netns, "controller.json"))["running"]
+        typer.echo("no blocked attempts recorded" + ("" if running else " (no controller is running here: 'ramfw run' records them; 'ramfw status' shows the refuse counters)"))
 
 
 @app.command("dry-run")
@@ -185,7 +224,8 @@ def policy_validate(path: str = typer.Argument(..., metavar="FILE", help="Policy
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click hands back typer.Exit's code instead of exiting
+        rc = app(args=argv, standalone_mode=False)
     except PolicyError as exc:
         for line in exc.lines():
             typer.echo(f"ramfw: error: {line}", err=True)
@@ -206,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, KeyboardInterrupt):
             return 130
         raise
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

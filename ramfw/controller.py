@@ -280,6 +280,7 @@ class Controller:
         self._schedule(self.enforcer.resolve_policy_names())
         self.enforcer.apply()
         self._start_snooper()
+        self._start_audit()
         log.info(
             "enforcing %s policy %s (%s): %d addresses, snoop %s",
             policy.mode, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
@@ -313,6 +314,31 @@ class Controller:
         self.snoop_stop.clear()
         self.snoop_thread = threading.Thread(target=self.snooper.run, args=(self.snoop_stop,), name="snoop", daemon=True)
         self.snoop_thread.start()
+
+    def names_for(self, ip: str) -> list[str]:
+        """Host names an address was recently given for: policy names first, then any name."""
+        with self.enforcer.lock:
+            names = sorted(self.enforcer.cache.names_for(ip))
+        seen = self.snooper.recent.get(ip) if self.snooper is not None else None
+        if seen and seen not in names:
+            names.append(seen)
+        return names
+
+    def _start_audit(self) -> None:
+        from .audit import AuditLog
+
+        self.audit = AuditLog(self.netns_name, self.enforcer.desired.audit_group, self.names_for, lambda: self.enforcer.policy.digest)
+        self.audit.open()
+        self.audit_stop = threading.Event()
+        self.audit_thread = threading.Thread(target=self.audit.run, args=(self.audit_stop,), name="audit", daemon=True)
+        self.audit_thread.start()
+
+    def _stop_audit(self) -> None:
+        if getattr(self, "audit_thread", None) is not None:
+            self.audit_stop.set()
+            self.audit_thread.join(timeout=5)
+            self.audit_thread = None
+            self.audit.close()
 
     def _stop_snooper(self) -> None:
         if self.snoop_thread is not None:
@@ -461,7 +487,12 @@ class Controller:
                 "snoop": self.enforcer.snoop_mode,
                 "snoop_reason": self.snoop_reason,
                 "xtables_created_tables": self.xt_created,
-                "counters": {**self.enforcer.counters, **self.counters, **{f"snoop_{k}": v for k, v in snoop.items()}},
+                "counters": {
+                    **self.enforcer.counters,
+                    **self.counters,
+                    "blocked_attempts": self.audit.count if getattr(self, "audit", None) else 0,
+                    **{f"snoop_{k}": v for k, v in snoop.items()},
+                },
             },
             name="controller.json",
         )
@@ -527,6 +558,7 @@ class Controller:
         from .teardown import teardown
 
         self._stop_snooper()
+        self._stop_audit()
         if self.cleanup:
             teardown(self.netns_name)
             log.info("stopped; ruleset removed (--cleanup)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import time
 
 import typer
@@ -13,21 +12,9 @@ from .backends.nft import NftBackend
 from .catalog import default_catalog
 from .errors import UsageError
 from .names import NameError_, is_ip_literal, normalise_name
-from .policy import DEFAULT_SOURCE, load_policy
-
-
-def _enforced_policy(saved: dict, policy_path: str | None):
-    if policy_path:
-        return load_policy(policy_path)
-    source = saved.get("policy_source")
-    if source and source != DEFAULT_SOURCE and os.path.exists(source):
-        return load_policy(source)
-    return load_policy(os.environ.get("RAMFW_POLICY") or None) if not source else load_policy(None)
 
 
 def _kernel_sets(netns_name: str | None) -> dict[str, dict[str, int]] | None:
-    if netns_name is not None and not netns.exists(netns_name):
-        return None
     backend = NftBackend(netns_name)
     try:
         state = backend.read_state()
@@ -37,10 +24,9 @@ def _kernel_sets(netns_name: str | None) -> dict[str, dict[str, int]] | None:
 
 
 def explain(target: str, netns_name: str | None, policy_path: str | None = None) -> dict:
-    if netns_name is not None:
-        netns.netns_path(netns_name)  # validates the name
-    saved = state_file.read_state(netns_name) if netns_name is None or netns.exists(netns_name) else {}
-    policy = _enforced_policy(saved, policy_path)
+    netns.require(netns_name)
+    saved = state_file.read_state(netns_name)
+    policy = state_file.enforced_policy(saved, policy_path)
     cache: dict[str, dict[str, float]] = saved.get("cache", {})
     sets = _kernel_sets(netns_name)
     out: dict = {"query": target, "policy_digest": policy.digest, "policy_source": policy.source, "mode": policy.mode,

@@ -39,11 +39,23 @@ def current_ns_id() -> str:
 def ns_id(name: str | None) -> str:
     if name is None:
         return current_ns_id()
+    require(name)
     return "net:[%d]" % os.stat(netns_path(name)).st_ino
 
 
 def exists(name: str) -> bool:
     return os.path.exists(netns_path(name))
+
+
+def _not_found(name: str) -> NetnsError:
+    path = netns_path(name)
+    return NetnsError(f"network namespace {name!r} not found (no {path}); create it with 'ip netns add {name}'")
+
+
+def require(name: str | None) -> None:
+    """Fail with the one-line error when a named namespace does not exist."""
+    if name is not None and not exists(name):
+        raise _not_found(name)
 
 
 @contextlib.contextmanager
@@ -56,7 +68,7 @@ def entered(name: str | None):
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise NetnsError(f"network namespace {name!r} not found (no {path}); create it with 'ip netns add {name}'") from None
+        raise _not_found(name) from None
     except PermissionError:
         raise NetnsError(f"cannot open {path}: permission denied (run as root)") from None
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

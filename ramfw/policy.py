@@ -103,6 +103,7 @@ class Policy:
     source: str
     expansions: tuple[Expansion, ...] = ()
     warnings: tuple[str, ...] = ()
+    ports: dict = field(default_factory=dict, compare=False)  # name -> port written in an entry (check probes it)
     allow_set: PatternSet = field(default_factory=PatternSet, compare=False, repr=False)
     block_set: PatternSet = field(default_factory=PatternSet, compare=False, repr=False)
 
@@ -199,6 +200,7 @@ class Validator:
         self.catalog = catalog
         self.problems: list[tuple[str, str]] = []
         self.warnings: list[str] = []
+        self.ports: dict[str, int] = {}
 
     def problem(self, key: str, reason: str) -> None:
         self.problems.append((key, reason))
@@ -323,6 +325,7 @@ class Validator:
             source=self.source,
             expansions=tuple(expansions),
             warnings=tuple(warnings),
+            ports=dict(self.ports),
             allow_set=allow_set,
             block_set=block_set,
         )
@@ -349,6 +352,9 @@ class Validator:
                 self.problem(where, str(exc))
                 continue
             canon = str(pattern)
+            host, sep, port = text.strip().rpartition(":")
+            if sep and port.isdigit() and not pattern.is_wildcard:
+                self.ports[pattern.domain] = int(port)
             if canon in entries:
                 self.warnings.append(f"{self.source}: {where}: {text!r} repeats {key}[{entries[canon]}]")
                 continue

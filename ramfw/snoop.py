@@ -39,6 +39,8 @@ from .nfnetlink import NfLog, NfQueue
 
 log = logging.getLogger(__name__)
 
+RECENT_LIMIT = 65536
+
 # credit(queried name, CNAME chain, [(ip, ttl)]) -> (elements programmed, outcome word)
 Credit = Callable[[str, list[str], list[tuple[object, int]]], tuple[int, str]]
 
@@ -123,6 +125,9 @@ class Snooper:
         self.answer_streams = TcpDnsReassembler()
         self.query_streams = TcpDnsReassembler()
         self.counters = dict.fromkeys(COUNTERS, 0)
+        # ip -> the name a client asked for, whatever the policy thinks of it: lets a blocked
+        # attempt be reported with the host name the client was after
+        self.recent: OrderedDict[str, str] = OrderedDict()
         self.set_trusted(trusted)
         self.queue: NfQueue | None = None
         self.answer_log: NfLog | None = None
@@ -228,12 +233,21 @@ class Snooper:
         chain, addresses = resolve_chain(msg)
         if not addresses:
             return
+        self._remember(addresses, msg.question.name)
         programmed, outcome = self.credit(msg.question.name, chain, addresses)
         if outcome == "ok":
             self.counters["answers_used"] += 1
             self.counters["ips_programmed"] += programmed
         else:
             self.counters[outcome] += 1
+
+    def _remember(self, addresses, name: str) -> None:
+        for ip, _ttl in addresses:
+            key = str(ip)
+            self.recent.pop(key, None)
+            self.recent[key] = name
+        while len(self.recent) > RECENT_LIMIT:
+            self.recent.popitem(last=False)
 
     def _fall_back(self, client: str, port: int, server: str) -> None:
         self.counters["tcp_fallbacks"] += 1

@@ -63,3 +63,18 @@ def remove_state(netns_name: str | None) -> None:
         os.rmdir(directory)
     except OSError:
         pass
+
+
+def enforced_policy(saved: dict, policy_path: str | None = None):
+    """The policy to reason with: the one given, else the one the namespace enforces (as its
+    state file records), else $RAMFW_POLICY or the embedded default."""
+    from .policy import DEFAULT_SOURCE, load_policy
+
+    if policy_path:
+        return load_policy(policy_path)
+    source = saved.get("policy_source")
+    if source and source != DEFAULT_SOURCE and os.path.exists(source):
+        return load_policy(source)
+    if source == DEFAULT_SOURCE:
+        return load_policy(None)
+    return load_policy(os.environ.get("RAMFW_POLICY") or None)

@@ -26,6 +26,7 @@ def controller_liveness(ctl: dict) -> dict:
 
 
 def collect(netns_name: str | None) -> dict:
+    netns.require(netns_name)
     ns_ident = netns.ns_id(netns_name)
     backend = NftBackend(netns_name)
     try:

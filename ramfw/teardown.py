@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from . import state as state_file, xtqueue
+from . import netns, state as state_file, xtqueue
 from .backends.nft import FAMILY, TABLE, NftBackend
 
 
 def teardown(netns_name: str | None) -> list[str]:
     """Remove ramfw's table, its DNS queue chain and its state; return what was removed."""
+    netns.require(netns_name)
     removed = []
     backend = NftBackend(netns_name)
     try:

@@ -60,6 +60,27 @@ def test_bad_names_give_one_line_usage_errors():
     assert r.returncode == 2
 
 
-def test_not_yet_built_commands_say_so():
-    r = ramfw("events")
-    assert r.returncode == 1 and "not available yet" in r.stderr
+def test_events_without_a_controller_says_how_to_get_them(tmp_path):
+    import os
+
+    r = ramfw("events", env={**os.environ, "RAMFW_STATE_DIR": str(tmp_path)})
+    assert r.returncode == 0
+    assert r.stdout.startswith("no blocked attempts recorded (no controller is running here")
+    r = ramfw("events", "--json", env={**os.environ, "RAMFW_STATE_DIR": str(tmp_path)})
+    assert json.loads(r.stdout) == []
+
+
+def test_audit_header_parsing():
+    import struct
+
+    from ramfw.audit import describe, parse_header
+
+    v4 = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]) + bytes([203, 0, 113, 2]) + bytes([198, 51, 100, 20])
+    v4 += struct.pack("!HH", 40000, 5000) + b"\0" * 16
+    assert parse_header(v4) == {"src": "203.0.113.2", "dst": "198.51.100.20", "proto": "tcp", "dport": 5000}
+    v6 = bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + bytes(15) + b"\x01" + bytes(15) + b"\x02" + struct.pack("!HHHH", 1, 53, 8, 0)
+    assert parse_header(v6) == {"src": "::1", "dst": "::2", "proto": "udp", "dport": 53}
+    assert parse_header(b"\x45") is None and parse_header(b"") is None
+    line = describe({"dst": "198.51.100.20", "dport": 5000, "proto": "tcp", "scope": "output", "uid": 0, "hostname": "quay.io", "policy": "abc"})
+    assert line == ("blocked: registry access to quay.io (198.51.100.20:5000 tcp, output, uid 0) is not allowed by policy abc; "
+                    "to allow it, add it to the policy's allow list")
