@@ -4,6 +4,10 @@ Pure and clock-injected (like Cilium's pkg/fqdn cache): the controller feeds it 
 resolver and the snooper, the planner reads snapshots, gc(now) ages entries out. Expiry is
 now + max(ttl, min_ttl) + grace, refreshed by every answer; a name holds at most
 max_ips_per_name addresses, the soonest-expiring evicted first (CDNs rotate through many).
+
+A refresh that moves an expiry forward by less than a tenth of its lifetime (at most 30 s) is
+not a change: popular names are answered many times a second, and reprogramming the kernel for
+each answer would cost a transaction per answer for nothing the grace period does not cover.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class DnsCache:
         self._by_name: dict[str, dict[str, Learned]] = {}
         self._by_ip: dict[str, set[str]] = {}
         self.evicted = 0
+        self.version = 0  # bumped by every change, so readers know when to look again
 
     def configure(self, min_ttl: int, grace: int, max_ips_per_name: int) -> None:
         """New policy settings apply to answers from now on."""
@@ -64,8 +69,8 @@ class DnsCache:
     ) -> list[Change]:
         """Credit (ip, ttl) answers to `name` (the name the client asked for).
 
-        Returns the pairs whose expiry moved forward (new or refreshed): those the kernel sets
-        must (re)program. An answer never shortens an expiry already known.
+        Returns the pairs whose expiry moved forward (new, or refreshed by more than the slack):
+        those the kernel sets must (re)program. An answer never shortens an expiry already known.
         """
         now = self.clock() if now is None else now
         ips = self._by_name.setdefault(name, {})
@@ -77,7 +82,7 @@ class DnsCache:
             if known is None:
                 ips[ip_s] = Learned(expiry, now, via or (name,), source)
                 self._by_ip.setdefault(ip_s, set()).add(name)
-            elif expiry > known.expiry:
+            elif expiry > known.expiry + min(30.0, 0.1 * (expiry - now)):
                 known.expiry = expiry
                 known.via = via or known.via
             else:
@@ -86,6 +91,8 @@ class DnsCache:
         self._enforce_cap(name, ips, changes)
         if not ips:
             del self._by_name[name]
+        if changes:
+            self.version += 1
         return changes
 
     def _enforce_cap(self, name: str, ips: dict[str, Learned], changes: list[Change]) -> None:
@@ -119,6 +126,8 @@ class DnsCache:
                     removed.append(Change(name, ip, learned.expiry))
             if not ips:
                 del self._by_name[name]
+        if removed:
+            self.version += 1
         return removed
 
     def drop_names(self, keep: Callable[[str], bool]) -> list[Change]:
@@ -130,6 +139,8 @@ class DnsCache:
                 self._forget(name, ip, ips)
                 removed.append(Change(name, ip, learned.expiry))
             del self._by_name[name]
+        if removed:
+            self.version += 1
         return removed
 
     # ---- reading --------------------------------------------------------------------------

@@ -14,12 +14,14 @@ of DNS messages carried over TCP.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_inet_ntop, _AF_INET, _AF_INET6 = socket.inet_ntop, socket.AF_INET, socket.AF_INET6
 
 TYPE_A = 1
 TYPE_CNAME = 5
@@ -312,6 +314,15 @@ def resolve_chain(msg: Message) -> tuple[list[str], list[tuple[IPAddress, int]]]
 
 # ---------------------------------------------------------------------------------------------
 # IP packets
+
+
+def ip_text(ip: IPAddress) -> str:
+    """The address as str(ip) gives it, at C speed: ipaddress's own formatting is Python code
+    and, on the packet path, cost a fifth of the snooper's time."""
+    if ip.version == 4:
+        return _inet_ntop(_AF_INET, ip.packed)
+    text = _inet_ntop(_AF_INET6, ip.packed)
+    return str(ip) if "." in text else text  # IPv4-mapped forms differ: keep ipaddress's
 
 PROTO_TCP = 6
 PROTO_UDP = 17

@@ -31,6 +31,7 @@ from .dnswire import (
     MalformedPacket,
     Question,
     TcpDnsReassembler,
+    ip_text,
     parse_ip_packet,
     parse_message,
     resolve_chain,
@@ -112,6 +113,7 @@ class Snooper:
         answer_group: int,
         query_group: int,
         fallback: Callable[[str], None] | None = None,
+        flush: Callable[[], None] | None = None,
         clock=time.monotonic,
     ):
         if mode not in ("queue", "log"):
@@ -121,7 +123,8 @@ class Snooper:
         self.mode = mode
         self.queue_num, self.answer_group, self.query_group = queue_num, answer_group, query_group
         self.fallback = fallback
-        self.tracker = QuestionTracker(clock=clock)
+        self.flush = flush or (lambda: None)  # programs what credit() deferred, in one transaction
+        self.tracker = QuestionTracker(timeout=5.0, limit=32768, clock=clock)
         self.answer_streams = TcpDnsReassembler()
         self.query_streams = TcpDnsReassembler()
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -161,10 +164,10 @@ class Snooper:
         except MalformedPacket:
             self.counters["malformed"] += 1
             return
-        server = str(pkt.dst)
+        server = ip_text(pkt.dst)
         if server not in self.trusted or pkt.dport != 53:
             return
-        client = str(pkt.src)
+        client = ip_text(pkt.src)
         if pkt.proto == PROTO_UDP:
             raws = [pkt.payload]
         else:
@@ -197,7 +200,7 @@ class Snooper:
         except MalformedPacket:
             self.counters["malformed"] += 1
             return
-        server, client = str(pkt.src), str(pkt.dst)
+        server, client = ip_text(pkt.src), ip_text(pkt.dst)
         if server not in self.trusted or pkt.sport != 53:
             self.counters["untrusted"] += 1
             return
@@ -233,6 +236,7 @@ class Snooper:
         chain, addresses = resolve_chain(msg)
         if not addresses:
             return
+        addresses = [(ip_text(ip), ttl) for ip, ttl in addresses]
         self._remember(addresses, msg.question.name)
         programmed, outcome = self.credit(msg.question.name, chain, addresses)
         if outcome == "ok":
@@ -243,9 +247,8 @@ class Snooper:
 
     def _remember(self, addresses, name: str) -> None:
         for ip, _ttl in addresses:
-            key = str(ip)
-            self.recent.pop(key, None)
-            self.recent[key] = name
+            self.recent.pop(ip, None)
+            self.recent[ip] = name
         while len(self.recent) > RECENT_LIMIT:
             self.recent.popitem(last=False)
 
@@ -277,25 +280,43 @@ class Snooper:
         last_gc = time.monotonic()
         try:
             while not stop.is_set():
-                sel.select(timeout=0.25)
-                # Take the answers first, then read the queries: every query whose answer is in
-                # hand was logged before that answer existed, so it is on the socket by now.
-                queued = self.queue.receive(timeout=0) if self.queue is not None else []
-                logged = self.answer_log.receive(timeout=0) if self.answer_log is not None else []
-                self._drain_queries()
-                for p in queued:
-                    try:
+                queued = []
+                try:
+                    sel.select(timeout=0.25)
+                    # Take the answers first, then read the queries: every query whose answer is in
+                    # hand was logged before that answer existed, so it is on the socket by now.
+                    queued = self.queue.receive(timeout=0) if self.queue is not None else []
+                    logged = self.answer_log.receive(timeout=0) if self.answer_log is not None else []
+                    self._drain_queries()
+                    for p in queued + logged:
                         self.on_answer(p.payload)
-                    finally:
-                        self.queue.verdict(p.packet_id, True)
-                for p in logged:
-                    self.on_answer(p.payload)
-                self._sync_overruns()
-                if time.monotonic() - last_gc > 5:
-                    self.tracker.gc()
-                    last_gc = time.monotonic()
+                    if queued or logged:
+                        self._flush()
+                    if queued:
+                        # every answer of the batch is examined and its addresses programmed: release
+                        # them all at once (ids are increasing; the batch verdict covers <= last id)
+                        self.queue.verdict_batch(queued[-1].packet_id, True)
+                    self._sync_overruns()
+                    if time.monotonic() - last_gc > 5:
+                        self.tracker.gc()
+                        last_gc = time.monotonic()
+                except Exception:  # the loop must outlive any one bad batch
+                    self.counters["errors"] += 1
+                    log.exception("DNS snooping loop error; continuing")
+                    if queued:  # never leave answers held
+                        try:
+                            self.queue.verdict_batch(queued[-1].packet_id, True)
+                        except Exception:
+                            pass
         finally:
             sel.close()
+
+    def _flush(self) -> None:
+        try:
+            self.flush()
+        except Exception as exc:  # the answers still go out; the IPs come from the next answer
+            self.counters["errors"] += 1
+            log.error("programming snooped addresses failed: %s", exc)
 
     def _sync_overruns(self) -> None:
         if self.queue is not None:

@@ -24,8 +24,20 @@ def test_refresh_extends_but_never_shortens():
     c.add("a.example", [("198.51.100.1", 100)])
     clock.t += 10
     assert c.add("a.example", [("198.51.100.1", 50)]) == []  # 1060 < 1100: nothing to program
+    assert c.add("a.example", [("198.51.100.1", 100)]) == []  # 1110: within the slack (10% of 100 s)
+    clock.t += 10
     (ch,) = c.add("a.example", [("198.51.100.1", 100)])
-    assert ch.expiry == 1110
+    assert ch.expiry == 1120
+
+
+def test_refresh_slack_is_capped_at_30s():
+    clock = Clock()
+    c = DnsCache(min_ttl=0, grace=0, clock=clock)
+    c.add("a.example", [("198.51.100.1", 3600)])
+    clock.t += 29
+    assert c.add("a.example", [("198.51.100.1", 3600)]) == []
+    clock.t += 2
+    assert len(c.add("a.example", [("198.51.100.1", 3600)])) == 1
 
 
 def test_gc_returns_what_expired():

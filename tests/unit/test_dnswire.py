@@ -838,3 +838,12 @@ def test_tcp_packet_to_answer_end_to_end():
     chain, addrs = resolve_chain(parse_message(messages[0]))
     assert chain == ["www.example.com", "edge.cdn.net"]
     assert [ip for ip, _ in addrs] == [V4("192.0.2.1"), V4("192.0.2.2"), V6("2001:db8::1")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**128 - 1), st.integers(min_value=0, max_value=2**32 - 1))
+def test_ip_text_matches_ipaddress(v6, v4):
+    from ramfw.dnswire import ip_text
+
+    for ip in (ipaddress.IPv6Address(v6), ipaddress.IPv4Address(v4), ipaddress.IPv6Address(0xFFFF00000000 | v4)):
+        assert ip_text(ip) == str(ip)
