@@ -210,6 +210,23 @@ def dry_run(policy: Optional[str] = PolicyOpt, backend: str = typer.Option("nft"
     typer.echo(NftBackend(None).render(desired))
 
 
+@app.command()
+def install(
+    policy: str = typer.Option("/etc/ramfw/policy.toml", "--policy", "-p", help="Policy the service enforces (a file, or an https:// URL)."),
+    unit_dir: str = typer.Option("/etc/systemd/system", "--unit-dir", help="Where to write ramfw.service."),
+    print_only: bool = typer.Option(False, "--print", help="Print the unit instead of writing anything."),
+):
+    """Install the systemd unit (Type=notify, ordered before docker.service) and a starting policy."""
+    from . import install as install_mod
+
+    unit = install_mod.render_unit(policy)
+    if print_only:
+        typer.echo(unit, nl=False)
+        return
+    for line in install_mod.install(unit, unit_dir, policy):
+        typer.echo(line)
+
+
 @policy_app.command("validate")
 def policy_validate(path: str = typer.Argument(..., metavar="FILE", help="Policy file to check.")):
     """Validate a policy file: exit 0, or 2 with every offending key and reason."""

@@ -40,7 +40,7 @@ from .nfnetlink import NfLog, NfQueue
 
 log = logging.getLogger(__name__)
 
-RECENT_LIMIT = 65536
+RECENT_LIMIT = 16384
 
 # credit(queried name, CNAME chain, [(ip, ttl)]) -> (elements programmed, outcome word)
 Credit = Callable[[str, list[str], list[tuple[object, int]]], tuple[int, str]]
@@ -124,7 +124,7 @@ class Snooper:
         self.queue_num, self.answer_group, self.query_group = queue_num, answer_group, query_group
         self.fallback = fallback
         self.flush = flush or (lambda: None)  # programs what credit() deferred, in one transaction
-        self.tracker = QuestionTracker(timeout=5.0, limit=32768, clock=clock)
+        self.tracker = QuestionTracker(timeout=5.0, limit=16384, clock=clock)
         self.answer_streams = TcpDnsReassembler()
         self.query_streams = TcpDnsReassembler()
         self.counters = dict.fromkeys(COUNTERS, 0)
