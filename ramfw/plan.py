@@ -50,6 +50,7 @@ class Rule:
       refuse_all                      audit + reject (or drop in log mode) everything left
       accept_all                      denylist: everything left
       bypass_cgroup   path            output narrowed to a cgroup: other sockets accepted
+      accept_internal ifnames         forward: leaving through a container bridge is not egress
     """
 
     kind: str
@@ -175,6 +176,8 @@ def _skeleton(policy: Policy, hook: str, servers4, servers6, cidrs4, cidrs6) -> 
         rules.append(Rule("accept_loopback"))
         if policy.scope.cgroup:
             rules.append(Rule("bypass_cgroup", args=(policy.scope.cgroup,)))
+    elif policy.scope.internal_interfaces:
+        rules.append(Rule("accept_internal", args=policy.scope.internal_interfaces))
     rules.append(Rule("accept_link_local"))
     if policy.mode == "denylist":
         rules += [Rule("refuse_set", 4, ("block4",)), Rule("refuse_set", 6, ("block6",)), Rule("accept_all")]

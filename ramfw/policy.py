@@ -10,6 +10,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -84,11 +85,17 @@ class DnsSettings:
     snoop: str = "auto"
 
 
+DEFAULT_INTERNAL_INTERFACES = ("docker0", "br-*")
+
+
 @dataclass(frozen=True)
 class ScopeSettings:
     output: bool = True
     forward: bool = False
     cgroup: str = ""
+    # forwarded traffic that leaves through these interfaces stays inside the machine (container
+    # to container on a Docker bridge, published ports): not egress, not filtered
+    internal_interfaces: tuple[str, ...] = DEFAULT_INTERNAL_INTERFACES
 
 
 @dataclass(frozen=True)
@@ -126,7 +133,12 @@ class Policy:
                 "max_ips_per_name": self.dns.max_ips_per_name,
                 "snoop": self.dns.snoop,
             },
-            "scope": {"output": self.scope.output, "forward": self.scope.forward, "cgroup": self.scope.cgroup},
+            "scope": {
+                "output": self.scope.output,
+                "forward": self.scope.forward,
+                "cgroup": self.scope.cgroup,
+                "internal_interfaces": list(self.scope.internal_interfaces),
+            },
             "network": {"allow_cidrs": list(self.allow_cidrs)},
         }
 
@@ -192,7 +204,7 @@ def parse_policy(text: str, source: str, fmt: str = "toml", catalog: Catalog | N
 class Validator:
     TOP_KEYS = {"mode", "allow", "block", "allow_broad", "dns", "scope", "network"}
     DNS_KEYS = {"servers", "min_ttl", "grace", "max_ips_per_name", "snoop"}
-    SCOPE_KEYS = {"output", "forward", "cgroup"}
+    SCOPE_KEYS = {"output", "forward", "cgroup", "internal_interfaces"}
     NETWORK_KEYS = {"allow_cidrs"}
 
     def __init__(self, source: str, catalog: Catalog):
@@ -296,6 +308,7 @@ class Validator:
             output=self._bool(scope_t, "output", True, "scope.output"),
             forward=self._bool(scope_t, "forward", False, "scope.forward"),
             cgroup=self._cgroup(scope_t),
+            internal_interfaces=self._interfaces(scope_t),
         )
         if not scope.output and not scope.forward:
             self.problem("scope", "output and forward are both false: nothing would be enforced")
@@ -329,6 +342,17 @@ class Validator:
             allow_set=allow_set,
             block_set=block_set,
         )
+
+    def _interfaces(self, scope_t: dict) -> tuple[str, ...]:
+        if "internal_interfaces" not in scope_t:
+            return DEFAULT_INTERNAL_INTERFACES
+        names = []
+        for i, text in self._strings(scope_t, "internal_interfaces", "scope.internal_interfaces"):
+            if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,15}\*?", text) or len(text.rstrip("*")) == 0:
+                self.problem(f"scope.internal_interfaces[{i}]", f"{text!r} is not an interface name (a trailing * matches a prefix)")
+            else:
+                names.append(text)
+        return tuple(names)
 
     def _cgroup(self, scope_t: dict) -> str:
         value = scope_t.get("cgroup", "")

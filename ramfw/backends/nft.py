@@ -172,6 +172,8 @@ class NftBackend(Backend):
             case "bypass_cgroup":
                 path = rule.args[0]
                 return [f'socket cgroupv2 level {path.count("/") + 1} != "{path}" accept']
+            case "accept_internal":
+                return [f'oifname "{name}" accept' for name in rule.args]
             case "accept_link_local":
                 rules = [
                     f"icmpv6 type {{ {ICMPV6_ESSENTIALS} }} accept",

@@ -80,3 +80,16 @@ def test_cgroup_scope_renders_bypass_rule():
     pol = parse_policy('[scope]\ncgroup = "system.slice/docker.service"', "p")
     text = NftBackend(None).render(plan(pol, {}, NOW))
     assert 'socket cgroupv2 level 2 != "system.slice/docker.service" accept' in text
+
+
+def test_forward_chain_lets_container_bridges_talk():
+    pol = parse_policy("[scope]\nforward = true", "p")
+    d = plan(pol, {}, NOW)
+    fwd = [c for c in d.chains if c.hook == "forward"][0]
+    assert fwd.rules[1].kind == "accept_internal" and fwd.rules[1].args == ("docker0", "br-*")
+    text = NftBackend(None).render(d)
+    assert 'oifname "docker0" accept' in text and 'oifname "br-*" accept' in text
+    out = [c for c in d.chains if c.hook == "output"][0]
+    assert "accept_internal" not in [r.kind for r in out.rules]
+    pol = parse_policy('[scope]\nforward = true\ninternal_interfaces = []', "p")
+    assert "accept_internal" not in [r.kind for r in plan(pol, {}, NOW).chains[1].rules]

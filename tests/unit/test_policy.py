@@ -176,3 +176,9 @@ def test_concrete_names_exclude_wildcards():
     assert "ghcr.io" in names and "pkg-containers.githubusercontent.com" in names
     assert "mcr.microsoft.com" in names
     assert not any("*" in n for n in names)
+
+
+def test_internal_interfaces_validated():
+    lines = problems('[scope]\ninternal_interfaces = ["docker0", "bad name", "*", "waytoolonginterfacename"]')
+    assert [ln.split(": ")[1] for ln in lines] == ["scope.internal_interfaces[1]", "scope.internal_interfaces[2]", "scope.internal_interfaces[3]"]
+    assert parse_policy('[scope]\ninternal_interfaces = ["cni0", "veth*"]', "p").scope.internal_interfaces == ("cni0", "veth*")
