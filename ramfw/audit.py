@@ -68,6 +68,7 @@ class AuditLog:
         self.path = events_path(netns_name)
         self.count = 0
         self.unreadable = 0
+        self.by_host: dict[str, int] = {}  # host name (or "unknown") -> attempts, for metrics
         self._last_logged: dict[tuple, float] = {}
         self.sock: NfLog | None = None
 
@@ -109,6 +110,10 @@ class AuditLog:
             for ev in events:
                 fh.write(json.dumps(ev, separators=(",", ":")) + "\n")
         self.count += len(events)
+        for ev in events:
+            host = ev.get("hostname") or "unknown"
+            if host in self.by_host or len(self.by_host) < 1000:  # bounded label set
+                self.by_host[host] = self.by_host.get(host, 0) + 1
         now = time.monotonic()
         for ev in events:
             key = (ev["scope"], ev["dst"], ev["dport"])

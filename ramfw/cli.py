@@ -94,11 +94,16 @@ def run(
     netns: Optional[str] = NetnsOpt,
     backend: str = BackendOpt,
     cleanup: bool = typer.Option(False, "--cleanup", help="Remove the ruleset on exit (default: leave it, fail closed)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Serve Prometheus metrics on unix:/PATH or 127.0.0.1:PORT."),
 ):
     """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
     from .controller import Controller
 
-    ctl = Controller(policy or os.environ.get("RAMFW_POLICY") or None, netns, backend, cleanup=cleanup)
+    if metrics:
+        from .metrics import parse_listen
+
+        parse_listen(metrics)  # a bad address is a usage error before anything is touched
+    ctl = Controller(policy or os.environ.get("RAMFW_POLICY") or None, netns, backend, cleanup=cleanup, metrics=metrics)
     ctl.start()  # a bad policy or an unusable backend fails here, before anything is touched
     ctl.run_forever()
 

@@ -250,6 +250,7 @@ class Controller:
         cleanup: bool = False,
         check_interval: float = 5.0,
         poll_interval: float = 0.25,
+        metrics: str | None = None,
     ):
         self.policy_path = policy_path
         self.netns_name = netns_name
@@ -268,8 +269,11 @@ class Controller:
         self.xt_created: list[str] = []
         self.next_refresh: dict[str, float] = {}
         self.refresh_lock = threading.Lock()
-        self.counters = {"reloads": 0, "reloads_refused": 0, "repairs": 0, "apply_failures": 0}
+        self.counters = {"reloads": 0, "reloads_refused": 0, "repairs": 0, "apply_failures": 0, "ips_expired": 0}
         self.started_at = time.time()
+        self.policy_loaded_at = time.time()
+        self.metrics_spec = metrics
+        self.metrics = None
         self._policy_stamp = None
 
     # ---- start ------------------------------------------------------------------------------
@@ -297,6 +301,11 @@ class Controller:
         self.enforcer.apply()
         self._start_snooper()
         self._start_audit()
+        if self.metrics_spec:
+            from .metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.metrics_spec, self)
+            self.metrics.start()
         log.info(
             "enforcing %s policy %s (%s): %d addresses, snoop %s",
             policy.mode, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
@@ -454,6 +463,7 @@ class Controller:
                 d = enf.desired
                 xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM)
         self.counters["reloads"] += 1
+        self.policy_loaded_at = time.time()
         log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode, policy.digest)
         return True
 
@@ -552,7 +562,7 @@ class Controller:
                 if now - last["gc"] >= 5.0:
                     last["gc"] = now
                     with self.enforcer.lock:
-                        self.enforcer.cache.gc()
+                        self.counters["ips_expired"] += len(self.enforcer.cache.gc())
                 if now - last["state"] >= 10.0 and self.enforcer.cache.version != self.enforcer._saved_version:
                     last["state"] = now
                     self.enforcer.save_state()
@@ -574,6 +584,8 @@ class Controller:
 
         self._stop_snooper()
         self._stop_audit()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.cleanup:
             teardown(self.netns_name)
             log.info("stopped; ruleset removed (--cleanup)")

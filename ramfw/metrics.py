@@ -1,0 +1,160 @@
+"""Prometheus metrics for a running controller, on a unix socket or a loopback port.
+
+Figures are read when scraped (no second bookkeeping that could drift): set sizes and refused
+packet counts from the kernel, everything else from the controller's own counters.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import logging
+import os
+import socket
+import socketserver
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(spec: str) -> tuple[str, object]:
+    """'unix:/path' or 'HOST:PORT' (loopback only: metrics name hosts and addresses)."""
+    if spec.startswith("unix:"):
+        path = spec[5:]
+        if not path.startswith("/"):
+            raise UsageError(f"--metrics {spec!r}: a unix socket needs an absolute path, e.g. unix:/run/ramfw/metrics.sock")
+        return "unix", path
+    host, sep, port = spec.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--metrics {spec!r}: expected unix:/path or 127.0.0.1:PORT")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise UsageError(f"--metrics {spec!r}: listen on a loopback address (127.0.0.1, ::1) or a unix socket")
+    return "tcp", (host, int(port))
+
+
+class ControllerCollector:
+    def __init__(self, controller):
+        self.ctl = controller
+
+    def collect(self):
+        ctl = self.ctl
+        enf = ctl.enforcer
+        kernel = enf.backend.read_state()
+        sets = GaugeMetricFamily("ramfw_set_elements", "Addresses in each of ramfw's kernel sets", labels=["set"])
+        for name, elems in sorted(kernel.sets.items()):
+            sets.add_metric([name], len(elems))
+        yield sets
+        refused = CounterMetricFamily("ramfw_refused_packets", "Packets refused by the refuse chains", labels=["scope"])
+        for name, c in sorted(kernel.counters.items()):
+            if name.startswith("refuse_"):
+                refused.add_metric([name[len("refuse_"):]], c["packets"])
+        yield refused
+        snoop = ctl.snooper.counters if ctl.snooper is not None else {}
+        answers = CounterMetricFamily("ramfw_dns_answers", "DNS answers examined by the snooper, by outcome", labels=["outcome"])
+        for key in ("answers_used", "not_listed", "blocked_chain", "unsolicited", "mismatched", "untrusted", "malformed"):
+            answers.add_metric([key.replace("answers_", "")], snoop.get(key, 0))
+        yield answers
+        yield CounterMetricFamily("ramfw_dns_answers_seen", "DNS answers seen by the snooper", value=snoop.get("answers_seen", 0))
+        yield CounterMetricFamily("ramfw_ips_added", "Set elements added or refreshed", value=enf.counters["ips_added"])
+        yield CounterMetricFamily("ramfw_ips_expired", "Learned addresses aged out of the DNS cache", value=ctl.counters["ips_expired"])
+        blocked = CounterMetricFamily("ramfw_blocked_attempts", "Blocked connection attempts, by host name", labels=["host"])
+        audit = getattr(ctl, "audit", None)
+        for host, count in sorted((audit.by_host if audit else {}).items()):
+            blocked.add_metric([host], count)
+        yield blocked
+        yield CounterMetricFamily("ramfw_applies", "Rulesets applied", value=enf.counters["applies"])
+        yield GaugeMetricFamily("ramfw_apply_duration_seconds", "Duration of the last apply", value=enf.last_apply_seconds)
+        yield CounterMetricFamily("ramfw_reloads", "Policy reloads", value=ctl.counters["reloads"])
+        yield CounterMetricFamily("ramfw_reloads_refused", "Policy reloads refused (invalid policy)", value=ctl.counters["reloads_refused"])
+        yield CounterMetricFamily("ramfw_repairs", "Rulesets restored after outside changes", value=ctl.counters["repairs"])
+        info = GaugeMetricFamily("ramfw_policy_info", "The enforced policy", labels=["digest", "mode", "source", "backend", "snoop"])
+        info.add_metric([enf.policy.digest, enf.policy.mode, enf.policy.source, enf.backend.name, enf.snoop_mode], 1)
+        yield info
+        yield GaugeMetricFamily("ramfw_policy_age_seconds", "Seconds since the enforced policy was loaded", value=time.time() - ctl.policy_loaded_at)
+        yield GaugeMetricFamily("ramfw_conflicts", "Addresses reached through both an allowed and a blocked name",
+                                value=len(enf.desired.conflicts) if enf.desired else 0)
+        yield GaugeMetricFamily("ramfw_dns_cache_addresses", "Addresses in the DNS cache", value=len(enf.cache))
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        if self.path.split("?")[0] not in ("/metrics", "/"):
+            self.send_error(404, "try /metrics")
+            return
+        try:
+            body = generate_latest(self.registry)
+        except Exception as exc:  # a scrape must not kill the controller
+            log.error("metrics scrape failed: %s", exc)
+            self.send_error(500, "scrape failed")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self):
+        return "unix" if isinstance(self.client_address, (str, bytes)) or not self.client_address else super().address_string()
+
+    def log_message(self, fmt, *args):
+        log.debug("metrics: " + fmt, *args)
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class _TCPHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+class _TCP6HTTPServer(_TCPHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    def __init__(self, spec: str, controller):
+        self.kind, self.where = parse_listen(spec)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ControllerCollector(controller))
+        handler = type("Handler", (_Handler,), {"registry": self.registry})
+        if self.kind == "unix":
+            try:
+                os.unlink(self.where)
+            except FileNotFoundError:
+                pass
+            os.makedirs(os.path.dirname(self.where), exist_ok=True)
+            self.server = _UnixHTTPServer(self.where, handler)
+            os.chmod(self.where, 0o600)
+        else:
+            host, port = self.where
+            server_class = _TCP6HTTPServer if ":" in host else _TCPHTTPServer
+            self.server = server_class((host, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        log.info("metrics on %s", self.where if self.kind == "unix" else "http://%s:%d/metrics" % self.where)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self.kind == "unix":
+            try:
+                os.unlink(self.where)
+            except FileNotFoundError:
+                pass
