@@ -30,7 +30,8 @@ app = typer.Typer(
 policy_app = typer.Typer(help="Work with policy files.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
-PolicyOpt = typer.Option(None, "--policy", "-p", help="Policy file (TOML or JSON). Default: $RAMFW_POLICY, else the embedded default (allow docker.io).")
+PolicyOpt = typer.Option(None, "--policy", "-p", help="Policy file (TOML or JSON) or https:// URL. Default: $RAMFW_POLICY, else the embedded default (allow docker.io).")
+PolicyCaOpt = typer.Option(None, "--policy-ca", help="CA bundle to trust for an https:// policy URL (default: the system's).")
 NetnsOpt = typer.Option(None, "--netns", "-n", help="Network namespace name (under /var/run/netns). Default: the current namespace.")
 BackendOpt = typer.Option("auto", "--backend", "-b", help="auto | nft | iptables")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
@@ -68,11 +69,13 @@ def _root(
 
 
 @app.command()
-def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt):
+def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt, policy_ca: Optional[str] = PolicyCaOpt):
     """Resolve the policy's names and apply the ruleset once, then exit; the rules stay."""
     from .controller import Enforcer, select_backend
+    from .policysource import open_source
 
-    pol = _policy(policy)  # a bad policy stops here, before anything touches the kernel
+    source = open_source(policy or os.environ.get("RAMFW_POLICY") or None, netns, policy_ca)
+    pol = source.load().with_infrastructure(source.hosts(), "policy source")  # a bad policy stops here
     _warn_policy(pol)
     chosen, reason = select_backend(netns, backend)
     log.info("backend %s: %s", chosen.name, reason)
@@ -95,6 +98,8 @@ def run(
     backend: str = BackendOpt,
     cleanup: bool = typer.Option(False, "--cleanup", help="Remove the ruleset on exit (default: leave it, fail closed)."),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Serve Prometheus metrics on unix:/PATH or 127.0.0.1:PORT."),
+    policy_ca: Optional[str] = PolicyCaOpt,
+    policy_refresh: float = typer.Option(60.0, "--policy-refresh", min=1.0, help="Seconds between fetches of an https:// policy."),
 ):
     """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
     from .controller import Controller
@@ -103,7 +108,10 @@ def run(
         from .metrics import parse_listen
 
         parse_listen(metrics)  # a bad address is a usage error before anything is touched
-    ctl = Controller(policy or os.environ.get("RAMFW_POLICY") or None, netns, backend, cleanup=cleanup, metrics=metrics)
+    ctl = Controller(
+        policy or os.environ.get("RAMFW_POLICY") or None, netns, backend,
+        cleanup=cleanup, metrics=metrics, policy_ca=policy_ca, policy_refresh=policy_refresh,
+    )
     ctl.start()  # a bad policy or an unusable backend fails here, before anything is touched
     ctl.run_forever()
 

@@ -251,8 +251,13 @@ class Controller:
         check_interval: float = 5.0,
         poll_interval: float = 0.25,
         metrics: str | None = None,
+        policy_ca: str | None = None,
+        policy_refresh: float = 60.0,
     ):
         self.policy_path = policy_path
+        self.policy_ca = policy_ca
+        self.policy_refresh = policy_refresh
+        self.source = None
         self.netns_name = netns_name
         self.backend_choice = backend_choice
         self.cleanup = cleanup
@@ -274,23 +279,22 @@ class Controller:
         self.policy_loaded_at = time.time()
         self.metrics_spec = metrics
         self.metrics = None
-        self._policy_stamp = None
 
     # ---- start ------------------------------------------------------------------------------
 
     def start(self) -> None:
         import sys
 
-        from .policy import load_policy
+        from .policysource import open_source
 
         # The snooper holds DNS answers while it works: when another thread runs Python (a
         # state write, a reload), let the snooper back on the GIL within 0.5 ms, not 5 ms.
         sys.setswitchinterval(0.0005)
 
-        policy = load_policy(self.policy_path)  # PolicyError: nothing touched yet
+        self.source = open_source(self.policy_path, self.netns_name, self.policy_ca, self.policy_refresh)
+        policy = self._load_policy()  # PolicyError: nothing touched yet
         for w in policy.warnings:
             log.warning("%s", w)
-        self._policy_stamp = self._stat_policy()
         backend, reason = select_backend(self.netns_name, self.backend_choice)
         log.info("backend %s: %s", backend.name, reason)
         self.enforcer = Enforcer(self.netns_name, backend, reason)
@@ -311,14 +315,8 @@ class Controller:
             policy.mode, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
         )
 
-    def _stat_policy(self):
-        if self.policy_path is None:
-            return None
-        try:
-            st = os.stat(self.policy_path)
-            return (st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
-            return None
+    def _load_policy(self):
+        return self.source.load().with_infrastructure(self.source.hosts(), "policy source")
 
     def _start_snooper(self) -> None:
         from . import xtqueue
@@ -415,12 +413,10 @@ class Controller:
 
     def reload(self, why: str) -> bool:
         from .errors import PolicyError
-        from .policy import load_policy
 
         enf = self.enforcer
-        self._policy_stamp = self._stat_policy()
         try:
-            policy = load_policy(self.policy_path)
+            policy = self._load_policy()
         except PolicyError as exc:
             self.counters["reloads_refused"] += 1
             log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, "; ".join(exc.lines()))
@@ -552,9 +548,11 @@ class Controller:
             try:
                 if self.reload_requested.is_set():
                     self.reload_requested.clear()
+                    if hasattr(self.source, "fetch"):
+                        self.source.fetch()
                     self.reload("SIGHUP")
-                elif self.policy_path and self._stat_policy() != self._policy_stamp:
-                    self.reload("policy file changed")
+                elif self.source.poll():
+                    self.reload(f"policy changed at {self.source.description}")
                 self._refresh_due()
                 if now - last["check"] >= self.check_interval:
                     last["check"] = now

@@ -6,6 +6,7 @@ fixes a policy in one round. A policy that fails never reaches the kernel.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -156,6 +157,16 @@ class Policy:
         if allowed:
             return "allowed", allowed
         return "unlisted", ()
+
+    def with_infrastructure(self, hosts: list[str], why: str) -> "Policy":
+        """A copy that also allows `hosts` (e.g. the policy server itself), which the policy's
+        own entries must not be able to cut off. The digest stays the policy's."""
+        if not hosts:
+            return self
+        allow = PatternSet(self.allow_set.patterns)
+        for host in hosts:
+            allow.add(Pattern.parse(host), Source("allow", why, host, "always reachable"))
+        return dataclasses.replace(self, allow_set=allow)
 
     def is_allowed_name(self, name: str) -> bool:
         return not self.block_set.match(name) and bool(self.allow_set.match(name))

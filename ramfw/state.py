@@ -70,9 +70,13 @@ def enforced_policy(saved: dict, policy_path: str | None = None):
     state file records), else $RAMFW_POLICY or the embedded default."""
     from .policy import DEFAULT_SOURCE, load_policy
 
+    from .policysource import UrlSource, is_url
+
     if policy_path:
         return load_policy(policy_path)
     source = saved.get("policy_source")
+    if is_url(source):
+        return UrlSource(source, None).load()  # the last good copy: no fetch, no network
     if source and source != DEFAULT_SOURCE and os.path.exists(source):
         return load_policy(source)
     if source == DEFAULT_SOURCE:
