@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from . import __version__, explain as explain_mod, status as status_mod
-from .errors import EXIT_USAGE, NotAvailableError, PolicyError, RamfwError
+from .errors import PolicyError, RamfwError, UsageError
 from .policy import load_policy
 
 log = logging.getLogger("ramfw")
@@ -33,7 +33,7 @@ app.add_typer(policy_app, name="policy")
 PolicyOpt = typer.Option(None, "--policy", "-p", help="Policy file (TOML or JSON) or https:// URL. Default: $RAMFW_POLICY, else the embedded default (allow docker.io).")
 PolicyCaOpt = typer.Option(None, "--policy-ca", help="CA bundle to trust for an https:// policy URL (default: the system's).")
 NetnsOpt = typer.Option(None, "--netns", "-n", help="Network namespace name (under /var/run/netns). Default: the current namespace.")
-BackendOpt = typer.Option("auto", "--backend", "-b", help="auto | nft | iptables")
+BackendOpt = typer.Option("auto", "--backend", "-b", help="auto | nft | iptables (auto: nftables where it works, else iptables + ipset)")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 
 
@@ -71,7 +71,8 @@ def _root(
 @app.command()
 def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt, policy_ca: Optional[str] = PolicyCaOpt):
     """Resolve the policy's names and apply the ruleset once, then exit; the rules stay."""
-    from .controller import Enforcer, select_backend
+    from .backends.choose import select_backend
+    from .controller import Enforcer
     from .policysource import open_source
 
     source = open_source(policy or os.environ.get("RAMFW_POLICY") or None, netns, policy_ca)
@@ -148,18 +149,14 @@ def explain(
 def check(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, as_json: bool = JsonOpt):
     """Verify the restrictions by probing from inside the namespace; exit 3 on any mismatch."""
     from . import check as check_mod, state as state_file
-    from .backends.nft import NftBackend
+    from .backends.choose import read_installed
     from .errors import EXIT_MISMATCH
 
     from .netns import require
 
     require(netns)
     pol = state_file.enforced_policy(state_file.read_state(netns), policy)
-    backend = NftBackend(netns)
-    try:
-        kernel = backend.read_state()
-    finally:
-        backend.close()
+    kernel = read_installed(netns)
     allowed = {ip for name, elems in kernel.sets.items() if name.startswith("allow") for ip in elems}
     allowed |= {ip for c in pol.allow_cidrs for ip in ([c.split("/")[0]] if c.endswith(("/32", "/128")) else [])}
     rows = check_mod.run_check(pol, netns, allowed, log_mode=kernel.meta.get("snoop") == "log")
@@ -200,16 +197,16 @@ def events(
 
 
 @app.command("dry-run")
-def dry_run(policy: Optional[str] = PolicyOpt, backend: str = typer.Option("nft", "--backend", "-b", help="nft")):
+def dry_run(policy: Optional[str] = PolicyOpt, backend: str = typer.Option("nft", "--backend", "-b", help="nft | iptables")):
     """Print the ruleset the policy renders to, without touching the kernel (sets are filled from DNS at apply time)."""
-    from .backends.nft import NftBackend
+    from .backends.choose import CLASSES
     from .dnscache import DnsCache
     from .plan import plan
 
     pol = _policy(policy)
     _warn_policy(pol)
-    if backend != "nft":
-        raise NotAvailableError(f"dry-run for the {backend} backend is not available yet in this build")
+    if backend not in CLASSES:
+        raise UsageError(f"--backend must be one of {', '.join(CLASSES)}; got {backend!r}")
     from .resolver import read_nameservers
 
     servers = tuple(pol.dns.servers) or tuple(read_nameservers(None))
@@ -220,7 +217,7 @@ def dry_run(policy: Optional[str] = PolicyOpt, backend: str = typer.Option("nft"
     wild = [str(p) for p, _ in pol.allow_set.patterns if p.is_wildcard]
     if wild:
         typer.echo(f"# wildcards learned by DNS snooping only: {', '.join(wild)}")
-    typer.echo(NftBackend(None).render(desired))
+    typer.echo(CLASSES[backend](None).render(desired))
 
 
 @app.command()

@@ -14,31 +14,15 @@ import time
 
 from . import state as state_file
 from .backends.base import Backend
-from .backends.nft import NftBackend
+from .backends.choose import retire_others, select_backend
 from .conntrack import cut_connections
 from .dnscache import DnsCache
-from .errors import BackendError, NotAvailableError, UsageError
+from .errors import BackendError
 from .plan import DesiredState, Element, family_of, plan
 from .policy import Policy
 from .resolver import Resolver, read_nameservers
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "nft", "iptables")
-
-
-def select_backend(netns_name: str | None, choice: str = "auto") -> tuple[Backend, str]:
-    """The backend to use in this namespace, and one line saying why."""
-    if choice not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}; got {choice!r}")
-    if choice == "iptables":
-        raise NotAvailableError("the iptables backend is not available yet in this build; use --backend nft")
-    probe = NftBackend.probe(netns_name)
-    if not probe.usable:
-        raise BackendError(f"nftables backend cannot run here: {probe.reason}")
-    reason = probe.reason if choice == "nft" else f"auto: {probe.reason}"
-    return NftBackend(netns_name, probe.features), reason
-
 
 class Enforcer:
     def __init__(self, netns_name: str | None, backend: Backend, backend_reason: str = "", clock=time.monotonic):
@@ -101,6 +85,8 @@ class Enforcer:
             started = time.perf_counter()
             self.backend.apply(desired)  # raises BackendError; the old ruleset then stays
             self.last_apply_seconds = time.perf_counter() - started
+            if self.counters["applies"] == 0:
+                retire_others(self.netns_name, self.backend)
             self.counters["applies"] += 1
             self.desired = desired
             self.counters["connections_cut"] += cut_connections(self.netns_name, self._lost(before, desired))

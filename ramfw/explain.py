@@ -8,18 +8,14 @@ import time
 import typer
 
 from . import netns, state as state_file
-from .backends.nft import NftBackend
+from .backends.choose import read_installed
 from .catalog import default_catalog
 from .errors import UsageError
 from .names import NameError_, is_ip_literal, normalise_name
 
 
 def _kernel_sets(netns_name: str | None) -> dict[str, dict[str, int]] | None:
-    backend = NftBackend(netns_name)
-    try:
-        state = backend.read_state()
-    finally:
-        backend.close()
+    state = read_installed(netns_name)
     return state.sets if state.installed else None
 
 

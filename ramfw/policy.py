@@ -18,7 +18,7 @@ from importlib import resources
 
 from .catalog import Catalog, Expansion, default_catalog
 from .errors import PolicyError
-from .names import NameError_, Pattern, PatternSet, normalise_name
+from .names import NameError_, Pattern, PatternSet
 
 MODES = ("allowlist", "denylist")
 SNOOP_MODES = ("auto", "queue", "log", "off")

@@ -24,7 +24,6 @@ from typing import Callable
 
 from . import netns
 from .dnswire import (
-    PROTO_TCP,
     PROTO_UDP,
     TCP_FIN,
     TCP_RST,

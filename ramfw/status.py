@@ -8,7 +8,7 @@ import time
 import typer
 
 from . import netns, state as state_file
-from .backends.nft import NftBackend
+from .backends.choose import read_installed
 
 HEARTBEAT_STALE = 30.0  # seconds without a controller heartbeat before it counts as gone
 
@@ -28,11 +28,7 @@ def controller_liveness(ctl: dict) -> dict:
 def collect(netns_name: str | None) -> dict:
     netns.require(netns_name)
     ns_ident = netns.ns_id(netns_name)
-    backend = NftBackend(netns_name)
-    try:
-        kernel = backend.read_state()
-    finally:
-        backend.close()
+    kernel = read_installed(netns_name)
     saved = state_file.read_state(netns_name)
     ctl = state_file.read_state(netns_name, "controller.json")
     live = controller_liveness(ctl)

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from . import netns, state as state_file, xtqueue
-from .backends.nft import FAMILY, TABLE, NftBackend
+from .backends.choose import destroy_all
 
 
 def teardown(netns_name: str | None) -> list[str]:
-    """Remove ramfw's table, its DNS queue chain and its state; return what was removed."""
+    """Remove every backend's rules, the DNS queue chain and the state; return what was removed."""
     netns.require(netns_name)
-    removed = []
-    backend = NftBackend(netns_name)
-    try:
-        if backend.destroy():
-            removed.append(f"table {FAMILY} {TABLE}")
-    finally:
-        backend.close()
+    removed = destroy_all(netns_name)
     created = state_file.read_state(netns_name, "controller.json").get("xtables_created_tables", [])
     if xtqueue.remove(netns_name, created):
         removed.append(f"chain {xtqueue.CHAIN} (iptables-nft {xtqueue.TABLE})")

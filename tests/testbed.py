@@ -172,6 +172,22 @@ def _read_only(argv: list[str]) -> str:
     return p.stdout + (f"\n[stderr] {p.stderr}" if p.stderr.strip() else "") + f"\n[rc {p.returncode}]"
 
 
+def kernel_ruleset(ns: str) -> str:
+    """Everything a firewall tool could have left in `ns`: nft ruleset, iptables-save of both
+    flavours and families, ipset list. Counters, element countdowns and comments are dropped so
+    two snapshots of the same rules compare equal."""
+    parts = []
+    for argv in (["nft", "list", "ruleset"], ["iptables-nft-save"], ["ip6tables-nft-save"],
+                 ["iptables-legacy-save"], ["ip6tables-legacy-save"], ["ipset", "list"]):
+        proc = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+        parts.append(f"== {' '.join(argv)} (rc {proc.returncode})\n{_normalize(proc.stdout)}")
+    text = "\n".join(parts)
+    text = re.sub(r" expires \S+", "", text)
+    text = re.sub(r"(?m)^(Size in memory|References|Number of entries):.*$", "", text)
+    text = re.sub(r" initval 0x[0-9a-f]+", "", text)  # a rebuilt set hashes with a new seed
+    return re.sub(r" timeout \d+", " timeout N", text)
+
+
 def root_ns_fingerprint() -> str:
     """Describe the root namespace's firewall and addressing, read-only, counters/timers removed.
 

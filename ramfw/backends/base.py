@@ -56,12 +56,15 @@ class Backend(abc.ABC):
         """Remove IPs from sets; missing ones are not an error."""
 
     @abc.abstractmethod
-    def read_state(self) -> KernelState: ...
+    def read_state(self, with_elements: bool = True) -> KernelState: ...
 
     @abc.abstractmethod
     def check(self, desired: DesiredState) -> list[str]:
         """Invariants: problems (one line each) where the kernel differs from the desired
         skeleton; [] when all is in place. Element contents are not compared."""
+
+    def close(self) -> None:
+        """Release sockets and contexts (kernel state stays)."""
 
     @abc.abstractmethod
     def destroy(self) -> bool:

@@ -9,7 +9,6 @@ measured in the same run (target >= 0.95).
 import ipaddress
 import json
 import statistics
-import subprocess
 import time
 
 from ramfw.backends.nft import NftBackend
