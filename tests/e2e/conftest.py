@@ -151,8 +151,8 @@ def dockerd(e2e_net, e2e_work):
         _stop_dockerd(d)
 
 
-@pytest.fixture
-def ramfw(e2e_net, dockerd, tmp_path):
+@pytest.fixture(params=["nft", "iptables"])
+def ramfw(request, e2e_net, dockerd, tmp_path):
     """Factory: ramfw(policy_text) -> a ready RamfwRun; all are stopped (and `ramfw down`) at teardown.
     Depends on dockerd so the images are pushed before any controller starts."""
     runs: list[db.RamfwRun] = []
@@ -161,7 +161,7 @@ def ramfw(e2e_net, dockerd, tmp_path):
         n = len(runs)
         policy = tmp_path / f"policy{n}.toml"
         policy.write_text(policy_text)
-        run = db.RamfwRun(e2e_net.tb.client, policy, tmp_path / "state", tmp_path / f"ramfw-run{n}.log")
+        run = db.RamfwRun(e2e_net.tb.client, policy, tmp_path / "state", tmp_path / f"ramfw-run{n}.log", request.param)
         runs.append(run)
         run.start()
         db.log(f"ramfw run ready in {run.ready_after:.2f}s")

@@ -559,8 +559,9 @@ def build_tiny_image(d: Dockerd, workdir: Path, tag: str = IMAGE) -> str:
 class RamfwRun:
     """One `python -m ramfw.cli run --netns NS --policy FILE` in the background (own session)."""
 
-    def __init__(self, ns: str, policy_path: Path, state_dir: Path, log_path: Path):
+    def __init__(self, ns: str, policy_path: Path, state_dir: Path, log_path: Path, backend: str = "auto"):
         self.ns = ns
+        self.backend = backend
         self.policy_path = policy_path
         self.state_dir = state_dir
         self.log_path = log_path
@@ -569,7 +570,7 @@ class RamfwRun:
         self.ready_after = 0.0
 
     def start(self, timeout: float = 20.0) -> "RamfwRun":
-        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", self.ns, "--policy", str(self.policy_path)]
+        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", self.ns, "--policy", str(self.policy_path), "--backend", self.backend]
         with open(self.log_path, "ab") as log_f:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT,
                                          env=self.env, start_new_session=True)  # fmt: skip
