@@ -1,4 +1,5 @@
-"""nftables backend figures (root; builds its own namespace pair and removes it).
+"""Backend figures, nftables and iptables + ipset side by side (root; builds its own namespace
+pair and removes it).
 
 Full apply time for 10,000 and 100,000 set elements (target <= 1 s for 100,000), single-element
 add latency into a 100,000 set (target p99 <= 1 ms), and iperf3 TCP throughput between the
@@ -11,6 +12,7 @@ import json
 import statistics
 import time
 
+from ramfw.backends.iptables import IptablesBackend
 from ramfw.backends.nft import NftBackend
 from ramfw.plan import Element, plan
 from ramfw.policy import parse_policy
@@ -63,16 +65,20 @@ def main():
         tb.add_address(PEER)
         server = tb.spawn(tb.inet, "iperf3", "-s", "-B", PEER)
         time.sleep(0.3)
-        backend = NftBackend(tb.client)
-        for n in (10_000, 100_000):
-            print(f"nft: full apply, {n:>7,} elements: {apply_time(backend, n) * 1000:8.1f} ms" + ("   target <= 1000 ms" if n == 100_000 else ""))
-        p50, p99 = add_latency(backend)
-        print(f"nft: single add into 100,000 set: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms   target p99 <= 1 ms")
-        with_rules = statistics.median(iperf(tb) for _ in range(3))
-        backend.destroy()
         without = statistics.median(iperf(tb) for _ in range(3))
-        print(f"nft: iperf3 TCP with ruleset + 100,000 elements {with_rules / 1e9:.2f} Gbit/s, without {without / 1e9:.2f} Gbit/s, ratio {with_rules / without:.3f}   target >= 0.95")
-        backend.close()
+        for cls in (NftBackend, IptablesBackend):
+            backend = cls(tb.client, cls.probe(tb.client).features)
+            name = backend.name
+            for n in (10_000, 100_000):
+                target = "   target <= 1000 ms" if n == 100_000 else ""
+                print(f"{name}: full apply, {n:>7,} elements: {apply_time(backend, n) * 1000:8.1f} ms{target}")
+            p50, p99 = add_latency(backend)
+            print(f"{name}: single add into 100,000 set: p50 {p50 * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms   target p99 <= 1 ms")
+            with_rules = statistics.median(iperf(tb) for _ in range(3))
+            print(f"{name}: iperf3 TCP with ruleset + 100,000 elements {with_rules / 1e9:.2f} Gbit/s, "
+                  f"without {without / 1e9:.2f} Gbit/s, ratio {with_rules / without:.3f}   target >= 0.95")
+            backend.destroy()
+            backend.close()
         server.terminate()
 
 
