@@ -16,7 +16,7 @@ from ..errors import BackendError
 from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule, family_of
 from .base import Backend, KernelState, Probe
 from .libnft import NftContext
-from .nftnl import NftReader
+from .nftnl import NftElementWriter, NftReader
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class NftBackend(Backend):
         super().__init__(netns_name)
         self.features = features if features is not None else {}
         self._ctx: NftContext | None = None
+        self._element_writer: NftElementWriter | None = None
 
     @property
     def ctx(self) -> NftContext:
@@ -84,6 +85,9 @@ class NftBackend(Backend):
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+        if self._element_writer is not None:
+            self._element_writer.close()
+            self._element_writer = None
 
     # ---- probing ----------------------------------------------------------------------------
 
@@ -223,30 +227,17 @@ class NftBackend(Backend):
         self.ctx.run(script)
         log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
 
+    def _writer(self) -> NftElementWriter:
+        # one socket for the backend's life: the snooper adds elements many times a second
+        if self._element_writer is None:
+            self._element_writer = NftElementWriter(self.netns_name, FAMILY, TABLE)
+        return self._element_writer
+
     def add_elements(self, elements: dict[str, list[Element]]) -> None:
-        # `add element` leaves an existing element's timeout alone; add (so it exists), delete
-        # and re-add with the new timeout, all in one batch: never a moment without it.
-        lines = []
-        for set_name, elems in elements.items():
-            if not elems:
-                continue
-            ips = ", ".join(e.ip for e in elems)
-            lines.append(f"add element {FAMILY} {TABLE} {set_name} {{ {ips} }}")
-            lines.append(f"delete element {FAMILY} {TABLE} {set_name} {{ {ips} }}")
-            lines.append(f"add element {FAMILY} {TABLE} {set_name} {{ {_elements_text(elems)} }}")
-        if lines:
-            self.ctx.run("\n".join(lines) + "\n")
+        self._writer().add({name: [(e.ip, e.timeout) for e in elems] for name, elems in elements.items() if elems})
 
     def remove_elements(self, elements: dict[str, list[str]]) -> None:
-        lines = []
-        for set_name, ips in elements.items():
-            if ips:
-                joined = ", ".join(ips)
-                # Same trick: add first so that delete never fails on an already-expired IP.
-                lines.append(f"add element {FAMILY} {TABLE} {set_name} {{ {joined} }}")
-                lines.append(f"delete element {FAMILY} {TABLE} {set_name} {{ {joined} }}")
-        if lines:
-            self.ctx.run("\n".join(lines) + "\n")
+        self._writer().remove({name: list(ips) for name, ips in elements.items() if ips})
 
     def destroy(self) -> bool:
         if not self._table_exists():

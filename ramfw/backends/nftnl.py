@@ -183,3 +183,74 @@ class NftReader:
                 expires = _U64.unpack_from(body, el[5][0])[0] // 1000 if 5 in el else 0
                 out[str(ipaddress.ip_address(raw))] = int(expires)
         return out
+
+
+# ---- element writes (the snooper's hot path) -------------------------------------------------
+
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NLM_F_CREATE = 0x400
+_MAX_ELEMENTS_PER_MESSAGE = 1000
+
+
+def _elem(ip: str, timeout_ms: int | None) -> bytes:
+    raw = ipaddress.ip_address(ip).packed
+    body = nla_pack(1 | 0x8000, nla_pack(1, raw))  # NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE }
+    if timeout_ms is not None:
+        body += nla_pack(4, _U64.pack(timeout_ms))  # NFTA_SET_ELEM_TIMEOUT
+    return nla_pack(1 | 0x8000, body)  # NFTA_LIST_ELEM
+
+
+class NftElementWriter(NftReader):
+    """Set element changes as one nf_tables batch, straight over netlink: libnftables parses text
+    and checks its cache for every command, which put a single add's p99 over a millisecond."""
+
+    def _batch(self, messages: list[tuple[int, int, bytes]]) -> None:
+        """messages: (msg type, extra flags, attrs); all or nothing."""
+        self.seq += 1
+        first = self.seq
+        parts = [nfnl_msg_pack(0, NFNL_MSG_BATCH_BEGIN, 0, NFNL_SUBSYS_NFTABLES, b"", seq=first)]
+        for msg, flags, attrs in messages:
+            self.seq += 1
+            parts.append(nfnl_msg_pack(NFNL_SUBSYS_NFTABLES, msg, self.family, 0, attrs, seq=self.seq,
+                                       flags=NLM_F_REQUEST | NLM_F_ACK | flags))
+        self.seq += 1
+        parts.append(nfnl_msg_pack(0, NFNL_MSG_BATCH_END, 0, NFNL_SUBSYS_NFTABLES, b"", seq=self.seq))
+        self.sock.sendall(b"".join(parts))
+        pending = set(range(first + 1, self.seq))
+        error = None
+        while pending:
+            n = self.sock.recv_into(self.buf)
+            for mtype, _flags, seq, s, _e in iter_nlmsgs(self.buf, n):
+                if mtype == NLMSG_ERROR and seq in pending:
+                    pending.discard(seq)
+                    code = -struct.unpack_from("=i", self.buf, s)[0]
+                    if code and error is None:
+                        error = code
+            if error is not None:
+                break  # the kernel aborted the batch; later messages get no answer
+        if error is not None:
+            raise BackendError(f"nf_tables refused the element change: {os.strerror(error)}")
+
+    def _list_attrs(self, set_name: str, elems: bytes) -> bytes:
+        return (nla_pack(1, self.table.encode() + b"\0") + nla_pack(2, set_name.encode() + b"\0")
+                + nla_pack(3 | 0x8000, elems))
+
+    def add(self, elements: dict[str, list[tuple[str, int]]]) -> None:
+        """Add or refresh (ip, timeout seconds) per set. An existing element keeps its old timeout
+        on a plain add, so each is added (so it exists), deleted and added again with the new
+        timeout, in one batch: the set never lacks it. Large changes go in several batches of
+        at most a thousand elements (a netlink datagram has a size limit); each is atomic."""
+        for set_name, items in elements.items():
+            for i in range(0, len(items), _MAX_ELEMENTS_PER_MESSAGE):
+                chunk = items[i : i + _MAX_ELEMENTS_PER_MESSAGE]
+                bare = self._list_attrs(set_name, b"".join(_elem(ip, None) for ip, _t in chunk))
+                timed = self._list_attrs(set_name, b"".join(_elem(ip, t * 1000) for ip, t in chunk))
+                self._batch([(NFT_MSG_NEWSETELEM, NLM_F_CREATE, bare), (NFT_MSG_DELSETELEM, 0, bare),
+                             (NFT_MSG_NEWSETELEM, NLM_F_CREATE, timed)])
+
+    def remove(self, elements: dict[str, list[str]]) -> None:
+        for set_name, ips in elements.items():
+            for i in range(0, len(ips), _MAX_ELEMENTS_PER_MESSAGE):
+                bare = self._list_attrs(set_name, b"".join(_elem(ip, None) for ip in ips[i : i + _MAX_ELEMENTS_PER_MESSAGE]))
+                self._batch([(NFT_MSG_NEWSETELEM, NLM_F_CREATE, bare), (NFT_MSG_DELSETELEM, 0, bare)])
