@@ -31,6 +31,10 @@ def render_unit(policy: str, executable: str | None = None) -> str:
 def install(unit: str, unit_dir: str, policy: str) -> list[str]:
     """Write the unit, and the embedded default policy where the policy file does not exist yet."""
     said = []
+    exe = unit.split("ExecStart=", 1)[1].split()[0]
+    if exe.startswith(("/home/", "/root/")):
+        said.append(f"warning: {exe} is under /home or /root, which the unit's ProtectHome=yes hides from the "
+                    "service; install ramfw elsewhere (e.g. a venv in /opt/ramfw) and run 'ramfw install' from there")
     os.makedirs(unit_dir, exist_ok=True)
     unit_path = os.path.join(unit_dir, "ramfw.service")
     with open(unit_path, "w") as fh:
