@@ -25,7 +25,7 @@ say() {
 }
 
 # The docker CLI must reach a running Docker Desktop engine. On any other engine, refuse:
-# a plain Linux host has its own procedure (docs/install.rst, "Linux host"), and there an
+# a plain Linux host has its own procedure (README.rst, "Installation", "Linux host"), and there an
 # allowlist in the engine's namespace would be the host's own network.
 require_docker_desktop() {
   command -v docker >/dev/null 2>&1 || die "no docker command on PATH; install Docker Desktop first"
@@ -40,7 +40,7 @@ require_docker_desktop() {
         say "warning: the engine reports '$os', not Docker Desktop; going on because RAMFW_FORCE=1"
       else
         die "the engine reports '$os', not Docker Desktop; on a Linux host use 'sudo ramfw install'" \
-            "(docs/install.rst), or set RAMFW_FORCE=1 if you know this engine runs in a VM of its own"
+            "(README.rst, section Installation), or set RAMFW_FORCE=1 if you know this engine runs in a VM of its own"
       fi
       ;;
   esac

@@ -3,7 +3,7 @@
 Nothing here needs the network, a VM or a Docker engine: `vagrant validate` runs against a
 throwaway VAGRANT_HOME with a stand-in VBoxManage, and the Docker Desktop scripts run against a
 stand-in `docker` command that records every call. What these cannot show (a real box booting, a
-real Docker Desktop VM) is listed in docs/install.rst.
+real Docker Desktop VM) is listed in README.rst, "Installation".
 
 The tools are required, never skipped: scripts/bootstrap installs `vagrant` and `shellcheck`.
 """
