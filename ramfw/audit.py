@@ -21,6 +21,7 @@ import time
 from typing import Callable
 
 from . import netns, state as state_file
+from .logs import fields
 from .nfnetlink import NfLog
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,9 @@ class AuditLog:
             key = (ev["scope"], ev["dst"], ev["dport"])
             if now - self._last_logged.get(key, -LOG_EVERY) >= LOG_EVERY:
                 self._last_logged[key] = now
-                log.warning("%s", describe(ev))
+                log.warning("%s", describe(ev), extra=fields(
+                    event="blocked", host=ev.get("hostname"), dst=ev["dst"], dport=ev.get("dport"), proto=ev["proto"],
+                    scope=ev["scope"], uid=ev.get("uid"), policy=ev.get("policy")))
         if len(self._last_logged) > 10000:
             self._last_logged = {k: v for k, v in self._last_logged.items() if now - v < LOG_EVERY}
 

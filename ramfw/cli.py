@@ -64,8 +64,9 @@ def _root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output (-vv for debug)."),
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
 ):
-    level = logging.INFO - 10 * min(verbose, 1)
-    logging.basicConfig(level=os.environ.get("RAMFW_LOG_LEVEL", level), format="ramfw: %(levelname)s: %(message)s", stream=sys.stderr)
+    from .logs import configure
+
+    configure(os.environ.get("RAMFW_LOG_LEVEL", logging.INFO - 10 * min(verbose, 1)))
 
 
 @app.command()

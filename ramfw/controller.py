@@ -18,6 +18,7 @@ from .backends.choose import retire_others, select_backend
 from .conntrack import cut_connections
 from .dnscache import DnsCache
 from .errors import BackendError
+from .logs import fields
 from .plan import DesiredState, Element, family_of, plan
 from .policy import Policy
 from .resolver import Resolver, read_nameservers
@@ -65,7 +66,8 @@ class Enforcer:
                     self.counters["resolve_failures"] += 1
                     known = self.cache.ips_for(res.name)
                     keep = "keeping the last good answer" if known else "nothing known for it yet"
-                    log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep)
+                    log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep,
+                                extra=fields(event="resolve_failed", name=res.name))
                 elif res.answers:
                     self.cache.add(res.name, res.answers, via=res.chain, source="resolver")
         return results
@@ -299,6 +301,7 @@ class Controller:
         log.info(
             "enforcing %s policy %s (%s): %d addresses, snoop %s",
             policy.mode, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
+            extra=fields(event="started", policy=policy.digest, backend=backend.name, snoop=self.enforcer.snoop_mode),
         )
 
     def _load_policy(self):
@@ -390,7 +393,8 @@ class Controller:
         for res in results:
             if res.error:
                 enf.counters["resolve_failures"] += 1
-                log.warning("cannot refresh %s (%s); keeping the last good answer", res.name, res.error)
+                log.warning("cannot refresh %s (%s); keeping the last good answer", res.name, res.error,
+                            extra=fields(event="resolve_failed", name=res.name))
             elif res.answers and (res.name in wanted or enf.policy.classify(res.name)[0] != "unlisted"):
                 enf.credit_answer(res.name, list(res.chain), res.answers)
         self._schedule(results)
@@ -405,14 +409,16 @@ class Controller:
             policy = self._load_policy()
         except PolicyError as exc:
             self.counters["reloads_refused"] += 1
-            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, "; ".join(exc.lines()))
+            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, "; ".join(exc.lines()),
+                      extra=fields(event="reload_refused", policy=enf.policy.digest))
             return False
         old_mode = enf.snoop_mode
         try:
             new_mode, reason = choose_snoop_mode(policy.dns.snoop, enf.backend)
         except BackendError as exc:
             self.counters["reloads_refused"] += 1
-            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, exc)
+            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, exc,
+                      extra=fields(event="reload_refused", policy=enf.policy.digest))
             return False
         old_policy = enf.policy
         enf.set_policy(policy)
@@ -426,7 +432,8 @@ class Controller:
             enf.apply()
         except BackendError as exc:
             self.counters["apply_failures"] += 1
-            log.error("applying policy %s failed, the previous ruleset stays in force: %s", policy.digest, exc)
+            log.error("applying policy %s failed, the previous ruleset stays in force: %s", policy.digest, exc,
+                      extra=fields(event="apply_failed", policy=policy.digest))
             enf.set_policy(old_policy)
             enf.snoop_mode = old_mode
             if new_mode != old_mode:
@@ -446,7 +453,9 @@ class Controller:
                 xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM)
         self.counters["reloads"] += 1
         self.policy_loaded_at = time.time()
-        log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode, policy.digest)
+        log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode, policy.digest,
+                 extra=fields(event="reloaded", policy=policy.digest, mode=policy.mode, addresses=enf.desired.element_count(),
+                              apply_seconds=round(enf.last_apply_seconds, 4)))
         return True
 
     def _remove_xtqueue_if_unused(self) -> None:
@@ -466,7 +475,7 @@ class Controller:
             problems.append(f"DNS queue chain {xtqueue.CHAIN} is missing")
         if not problems:
             return
-        log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems))
+        log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems), extra=fields(event="repair"))
         self.counters["repairs"] += 1
         try:
             enf.apply()
