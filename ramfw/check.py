@@ -139,12 +139,17 @@ def to_json(rows: list[Probe]) -> dict:
     return {"summary": summary(rows), "probes": [asdict(r) for r in rows]}
 
 
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width - width // 2):]
+
+
 def print_human(rows: list[Probe]) -> None:
-    width = max([len(r.host) for r in rows] + [4])
-    typer.echo(f"{'HOST':<{width}}  PORT   EXPECT     ADDRESS                  RESULT                  VERDICT")
-    for r in rows:
-        result = r.result + (f", {r.tls}" if r.tls else "")
-        typer.echo(f"{r.host:<{width}}  {r.port:<5}  {r.expect:<9}  {r.address or '-':<23}  {result:<22}  {r.verdict}")
+    host_w = min(40, max([len(r.host) for r in rows] + [4]))
+    results = [r.result + (f", {r.tls}" if r.tls else "") for r in rows]
+    res_w = max([len(x) for x in results] + [6])
+    typer.echo(f"{'HOST':<{host_w}}  PORT   EXPECT     {'ADDRESS':<23}  {'RESULT':<{res_w}}  VERDICT")
+    for r, result in zip(rows, results):
+        typer.echo(f"{_fit(r.host, host_w):<{host_w}}  {r.port:<5}  {r.expect:<9}  {r.address or '-':<23}  {result:<{res_w}}  {r.verdict}")
     s = summary(rows)
     typer.echo(f"check: {s['ok']} ok, {s['mismatches']} mismatches, {s['unresolved']} names do not resolve")
     for r in rows:

@@ -69,7 +69,7 @@ class Enforcer:
                     log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep,
                                 extra=fields(event="resolve_failed", name=res.name))
                 elif res.answers:
-                    self.cache.add(res.name, res.answers, via=res.chain, source="resolver")
+                    self.counters["ips_added"] += len(self.cache.add(res.name, res.answers, via=res.chain, source="resolver"))
         return results
 
     # ---- applying ----------------------------------------------------------------------------

@@ -74,8 +74,12 @@ def print_human(d: dict) -> None:
         echo(f"counter:     {name} {c['packets']} packets, {c['bytes']} bytes")
     ctl = d["controller"]
     echo("controller:  " + (f"running (pid {ctl['pid']}, heartbeat {ctl['heartbeat_age']}s ago)" if ctl["running"] else "not running (rules stay in force; IPs age out by their timeouts)"))
-    for k, v in sorted(d["controller_counters"].items()):
-        echo(f"  {k}: {v}")
+    counters = d["controller_counters"]
+    plain = {k: v for k, v in counters.items() if not k.startswith("snoop_")}
+    snoop = {k[len("snoop_"):]: v for k, v in counters.items() if k.startswith("snoop_") and (v or k == "snoop_answers_seen")}
+    for title, group in (("counters:", plain), ("snooping:", snoop)):
+        if group:
+            echo(f"{title:<13}" + " ".join(f"{k}={v}" for k, v in sorted(group.items())))
     if d["conflicts"]:
         for c in d["conflicts"]:
             echo(f"conflict:    {c['ip']} allowed via {', '.join(c['allowed_names'])} but also {', '.join(c['blocked_names'])} (blocked): allowed")

@@ -1,9 +1,11 @@
 """The demo behind scripts/demo: see that script's header."""
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 from testbed import Testbed
 
@@ -19,24 +21,34 @@ def say(text=""):
     print(text, flush=True)
 
 
-def ramfw(*args):
+def ramfw(*args, show=True):
     proc = subprocess.run([sys.executable, "-m", "ramfw.cli", *args], capture_output=True, text=True)
-    out = (proc.stderr + proc.stdout).rstrip()
-    for line in out.splitlines():
-        say("    " + line)
-    if proc.returncode != 0:
+    if show:
+        say(f"\n$ ramfw {' '.join(args)}")
+        for line in (proc.stderr + proc.stdout).rstrip().splitlines():
+            say("    " + line)
+    if proc.returncode not in (0, 3):
         raise SystemExit(f"demo: ramfw {' '.join(args)} failed with exit code {proc.returncode}")
+    return proc
 
 
 def attempt(tb, name):
-    ip = tb.resolve(name)[0]
+    ip = tb.resolve(name)[0]  # through the sandbox's DNS, as a client would: ramfw sees the answer
     r = tb.connect(ip, 443)
-    ms = r.elapsed * 1000
-    if r.ok:
-        say(f"  {name:<34} -> {ip:<15} port 443: CONNECTED in {ms:.1f} ms")
-    else:
-        say(f"  {name:<34} -> {ip:<15} port 443: REFUSED ({r.error}) in {ms:.1f} ms")
+    outcome = "CONNECTED" if r.ok else f"REFUSED ({r.error})"
+    say(f"  {name:<34} -> {ip:<15} port 443: {outcome} in {r.elapsed * 1000:.1f} ms")
     return r.ok
+
+
+def wait_ready(ns, proc):
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise SystemExit("demo: ramfw run exited early")
+        st = ramfw("status", "--netns", ns, "--json", show=False)
+        if st.returncode == 0 and json.loads(st.stdout)["controller"]["running"]:
+            return
+        time.sleep(0.05)
+    raise SystemExit("demo: ramfw run did not become ready")
 
 
 def main():
@@ -49,17 +61,24 @@ def main():
         say("\nbefore ramfw, the client reaches every registry:")
         attempt(tb, "registry-1.docker.io")
         attempt(tb, "quay.io")
-        say(f"\n$ ramfw up --netns {tb.client}        # embedded default policy: allow docker.io")
-        ramfw("up", "--netns", tb.client)
-        say("\nwith ramfw:")
-        hub_ok = attempt(tb, "registry-1.docker.io")
-        attempt(tb, "production.cloudflare.docker.com")
-        quay_ok = attempt(tb, "quay.io")
-        say(f"\n$ ramfw status --netns {tb.client}")
-        ramfw("status", "--netns", tb.client)
-        say(f"\n$ ramfw explain quay.io --netns {tb.client}")
-        ramfw("explain", "quay.io", "--netns", tb.client)
-        say(f"\n$ ramfw down --netns {tb.client}")
+        say(f"\n$ ramfw run --netns {tb.client} &      # the controller, embedded default policy: allow docker.io")
+        log = open(os.path.join(os.environ["RAMFW_STATE_DIR"], "run.log"), "w")
+        controller = subprocess.Popen([sys.executable, "-m", "ramfw.cli", "run", "--netns", tb.client], stdout=log, stderr=log)
+        try:
+            wait_ready(tb.client, controller)
+            say("\nwith ramfw:")
+            hub_ok = attempt(tb, "registry-1.docker.io")
+            attempt(tb, "production.cloudflare.docker.com")
+            quay_ok = attempt(tb, "quay.io")
+            time.sleep(0.3)
+            ramfw("events", "--netns", tb.client)
+            ramfw("check", "--netns", tb.client)
+            ramfw("explain", "quay.io", "--netns", tb.client)
+            ramfw("status", "--netns", tb.client)
+        finally:
+            controller.terminate()
+            controller.wait(10)
+            log.close()
         ramfw("down", "--netns", tb.client)
     say("\nsandbox removed.")
     if not hub_ok or quay_ok:
