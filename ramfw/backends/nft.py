@@ -1,10 +1,15 @@
 """nftables backend: ramfw owns table `inet ramfw` and nothing else.
 
-The desired state is rendered to one nft script that deletes and recreates the table; libnftables
+The desired state is rendered to one nft script (the same text `ramfw dry-run` prints); libnftables
 sends a script as one netlink batch, so the kernel switches from the old ruleset to the new one
-atomically (no window without rules) and a refused script changes nothing. The same text is what
-`ramfw dry-run` prints, so there is one renderer. (nft 1.0.6's JSON input silently drops table
-comments, where ramfw keeps its policy digest, so scripts are sent as text; reads use JSON.)
+atomically (no window without rules) and a refused script changes nothing.
+
+A re-apply replaces the table's contents in place (flush the rules and sets, declare them again)
+instead of deleting and recreating the table: unregistering a base chain's hook makes the kernel
+drop every packet waiting in NFQUEUE in the namespace, which would throw away the DNS answers
+the snooper holds. Base chains are only deleted when the scope no longer needs them. Named
+counters survive. The policy digest lives in the comment of the one rule of chain `policy_info`
+(a table's comment cannot be changed once the table exists).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ def _elements_text(elements) -> str:
 
 def _addrs(values) -> str:
     return "{ " + ", ".join(values) + " }"
+
+
+META_CHAIN = "policy_info"  # ("meta" is an nft keyword)
 
 
 def _meta_comment(desired: DesiredState) -> str:
@@ -136,6 +144,8 @@ class NftBackend(Backend):
                 refuse += ["meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
             chains.append(ChainText(REFUSE_CHAIN[chain.hook], None, rules=tuple(refuse)))
         chains += self._dns_chains(desired)
+        # never jumped to: carries what status reads back
+        chains.append(ChainText(META_CHAIN, None, rules=(f'counter comment "{_meta_comment(desired)}"',)))
         return chains
 
     def _dns_chains(self, desired: DesiredState) -> list[ChainText]:
@@ -203,10 +213,9 @@ class NftBackend(Backend):
         raise ValueError(f"unknown rule kind {rule.kind}")
 
     def render(self, desired: DesiredState, counters: dict[str, dict[str, int]] | None = None) -> str:
-        lines = [f'\tcomment "{_meta_comment(desired)}"']
+        lines = []
         counters = counters or {}
-        counter_names = sorted({REFUSE_CHAIN[c.hook] for c in desired.chains} | ({"dns_answers"} if desired.dns.mode != "off" else set()))
-        for name in counter_names:
+        for name in self._counter_names(desired):
             # Carry the old counts across a reload so status figures do not reset.
             old = counters.get(name, {})
             lines.append(f"\tcounter {name} {{ packets {old.get('packets', 0)} bytes {old.get('bytes', 0)} }}")
@@ -222,10 +231,31 @@ class NftBackend(Backend):
     # ---- applying ---------------------------------------------------------------------------
 
     def apply(self, desired: DesiredState) -> None:
-        counters = self._read_counters()
-        script = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + self.render(desired, counters)
-        self.ctx.run(script)
+        with self._reader() as r:
+            exists = r.table_comment() is not None
+            have_chains = r.chains() if exists else {}
+            have_sets = r.sets() if exists else []
+            counters = r.counters() if exists else {}
+        want_chains = {c.name: c.hook for c in self.chains(desired)}
+        lines = [f"add table {FAMILY} {TABLE}"]
+        if exists:
+            # one transaction: empty what is there, drop what is no longer wanted, declare anew
+            lines.append(f"flush table {FAMILY} {TABLE}")
+            for name, hook in have_chains.items():
+                if want_chains.get(name, "gone") != hook:
+                    lines.append(f"delete chain {FAMILY} {TABLE} {name}")
+            for set_name in have_sets:
+                verb = "flush" if set_name in desired.sets else "delete"
+                lines.append(f"{verb} set {FAMILY} {TABLE} {set_name}")
+            wanted_counters = set(self._counter_names(desired))
+            for name in counters:
+                if name not in wanted_counters:
+                    lines.append(f"delete counter {FAMILY} {TABLE} {name}")
+        self.ctx.run("\n".join(lines) + "\n" + self.render(desired, counters))
         log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
+
+    def _counter_names(self, desired: DesiredState) -> list[str]:
+        return sorted({REFUSE_CHAIN[c.hook] for c in desired.chains} | ({"dns_answers"} if desired.dns.mode != "off" else set()))
 
     def _writer(self) -> NftElementWriter:
         # one socket for the backend's life: the snooper adds elements many times a second
@@ -261,11 +291,10 @@ class NftBackend(Backend):
     def read_state(self, with_elements: bool = True) -> KernelState:
         state = KernelState(installed=False, backend=self.name, where=f"nft list table {FAMILY} {TABLE}")
         with self._reader() as r:
-            comment = r.table_comment()
-            if comment is None:
+            if r.table_comment() is None:
                 return state
             state.installed = True
-            state.meta = parse_meta(comment)
+            state.meta = parse_meta(" ".join(r.rule_comments(META_CHAIN)))
             state.counters = r.counters()
             counts = r.rule_counts()
             state.chains = {name: counts.get(name, 0) for name in r.chains()}

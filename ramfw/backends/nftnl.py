@@ -41,6 +41,17 @@ def _attrs(buf, s, e) -> dict[int, tuple[int, int]]:
     return out
 
 
+def _udata_strings(buf, s: int, e: int, wanted: int) -> list[str]:
+    """Values of one type in nftables' user data TLVs (type u8, length u8, value)."""
+    out, i = [], s
+    while i + 2 <= e:
+        t, ln = buf[i], buf[i + 1]
+        if t == wanted:
+            out.append(_str(buf, i + 2, min(i + 2 + ln, e)))
+        i += 2 + ln
+    return out
+
+
 class NftReader:
     """One netlink socket inside the namespace; each call is one request (or dump)."""
 
@@ -103,16 +114,8 @@ class NftReader:
             return None
         body = replies[0]
         a = _attrs(body, 0, len(body))
-        comment = ""
-        if 6 in a:  # NFTA_TABLE_USERDATA: TLVs of (type u8, len u8, value); comment is type 0
-            s, e = a[6]
-            i = s
-            while i + 2 <= e:
-                t, ln = body[i], body[i + 1]
-                if t == 0:
-                    comment = _str(body, i + 2, i + 2 + ln)
-                i += 2 + ln
-        return comment
+        found = _udata_strings(body, *a[6], wanted=0) if 6 in a else []  # NFTA_TABLE_USERDATA
+        return found[0] if found else ""
 
     def chains(self) -> dict[str, str | None]:
         """chain name -> hook name (None for regular chains)."""
@@ -138,6 +141,17 @@ class NftReader:
             chain = _str(body, *a[2])
             counts[chain] = counts.get(chain, 0) + 1
         return counts
+
+    def rule_comments(self, chain: str) -> list[str]:
+        """The comments of a chain's rules (NFTA_RULE_USERDATA, comment TLV type 0)."""
+        attrs = self._table_attr(1) + nla_pack(2, chain.encode() + b"\0")
+        out = []
+        for body in self._request(NFT_MSG_GETRULE, attrs, dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(2, (0, 0))) != chain or 7 not in a:
+                continue
+            out += _udata_strings(body, *a[7], wanted=0)
+        return out
 
     def sets(self) -> list[str]:
         names = []

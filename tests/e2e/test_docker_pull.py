@@ -185,3 +185,27 @@ def test_forward_scope_leaves_container_to_container_traffic_alone(ramfw, docker
     out = container_fetch(dockerd, image, {"blocked": BLOCKED_IP})
     assert "Connection refused" in out["blocked"], out
     run.assert_alive()
+
+
+def test_engine_restart_and_rewritten_rules_are_repaired(ramfw, dockerd, e2e_net):
+    """dockerd restarts and its chains are rewritten (DOCKER-USER emptied, or ramfw's forward
+    chain flushed): the controller's invariant check restores ramfw's rules within its check
+    interval (5 s), and containers are filtered again."""
+    tb = e2e_net.tb
+    run = ramfw(ALLOW_ONE + "[scope]\nforward = true\n")
+    image = e2e_net.allowed.ref()
+    assert dockerd.pull(image).downloaded
+    dockerd.restart()
+    if run.backend == "iptables":
+        tb.run(tb.client, "iptables-nft", "-F", "DOCKER-USER")  # where RAMFW-FWD is jumped to from
+    else:
+        tb.run(tb.client, "nft", "flush", "chain", "inet", "ramfw", "forward_filter")
+    t0 = time.monotonic()
+    while run.status()["controller_counters"].get("repairs", 0) < 1:
+        assert time.monotonic() - t0 < 10, f"not repaired after 10 s\n{run.log_tail()}"
+        time.sleep(0.2)
+    db.log(f"{run.backend}: rules repaired {time.monotonic() - t0:.2f}s after the rewrite")
+    assert "ruleset altered outside ramfw" in run.log_tail()
+    out = container_fetch(dockerd, image, {"allowed": ALLOWED_IP, "blocked": BLOCKED_IP})
+    assert out["allowed"].endswith("rc=0") and "Connection refused" in out["blocked"], out
+    run.assert_alive()

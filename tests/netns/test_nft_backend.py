@@ -44,3 +44,33 @@ def test_a_thousand_elements_in_one_batch(testbed, backend):
     ips = [f"2001:db8:100::2:{i:x}" for i in range(2500)]
     backend.add_elements({"allow6": [Element(ip, 60) for ip in ips]})
     assert set(ips) <= set(backend.read_state().sets["allow6"])
+
+
+def test_reapply_keeps_packets_held_in_nfqueue(testbed, backend):
+    """Re-applying must not unregister hooks: the kernel drops every queued packet of the
+    namespace when a hook goes away, and the snooper holds DNS answers in a queue."""
+    import socket
+    import time
+
+    from ramfw import netns
+    from ramfw.nfnetlink import NfQueue
+
+    testbed.run(testbed.client, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "77")
+    with netns.entered(testbed.client):
+        queue = NfQueue(77)
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 9))
+    rx.settimeout(2)
+    try:
+        tx.sendto(b"held", ("127.0.0.1", 9))
+        (held,) = queue.receive(timeout=2)
+        backend.apply(plan(parse_policy('allow = ["y.test"]\n[dns]\nsnoop = "log"', "p"), {}, 0.0, ("198.51.100.53",), "log"))
+        time.sleep(0.1)
+        queue.verdict(held.packet_id, True)
+        assert rx.recv(16) == b"held"
+        assert queue.errors == 0
+    finally:
+        queue.close()
+        rx.close()
+        tx.close()
