@@ -364,7 +364,14 @@ class _NfnlSocket:
             raise self._config_error(action, err)
 
     def _config_error(self, action: str, err: int) -> NetlinkError:
-        return NetlinkError(f"{self._what}: {action} failed: {os.strerror(err)}", err)
+        what = self._what
+        if action == "bind" and err in (errno.EBUSY, errno.EPERM):
+            # EPERM: bound by another socket (or no CAP_NET_ADMIN); EBUSY: bound by this one
+            return NetlinkError(f"{what} is already bound by another process or socket "
+                                f"(or CAP_NET_ADMIN is missing): {os.strerror(err)}", err)
+        if err == errno.EPERM:
+            return NetlinkError(f"{what}: {action}: permission denied (needs CAP_NET_ADMIN in this network namespace)", err)
+        return NetlinkError(f"{what}: {action} failed: {os.strerror(err)}", err)
 
     def _send(self, msg: bytes, action: str) -> None:
         try:
@@ -538,13 +545,6 @@ class NfQueue(_NfnlSocket):
 
     def _config_error(self, action: str, err: int) -> NetlinkError:
         q = self.queue_num
-        if action == "bind" and err in (errno.EBUSY, errno.EPERM):
-            # EPERM: bound by another socket (or no CAP_NET_ADMIN); EBUSY: bound by this one
-            return NetlinkError(f"NFQUEUE queue {q} is already bound by another process or socket "
-                                f"(or CAP_NET_ADMIN is missing): {os.strerror(err)}", err)
-        if err == errno.EPERM:
-            return NetlinkError(f"NFQUEUE queue {q}: {action}: permission denied (needs CAP_NET_ADMIN "
-                                "in this network namespace)", err)
         if action == "set flags" and err in (errno.EOPNOTSUPP, errno.EINVAL):
             return NetlinkError(f"NFQUEUE queue {q}: this kernel does not support the requested queue "
                                 f"flags (fail-open/uid-gid): {os.strerror(err)}", err)
@@ -624,15 +624,6 @@ class NfLog(_NfnlSocket):
     def _unbind_attrs(self) -> bytes:
         return self._cmd(NFULNL_CFG_CMD_UNBIND)
 
-    def _config_error(self, action: str, err: int) -> NetlinkError:
-        g = self.group
-        if action == "bind" and err in (errno.EBUSY, errno.EPERM):
-            return NetlinkError(f"NFLOG group {g} is already bound by another process or socket "
-                                f"(or CAP_NET_ADMIN is missing): {os.strerror(err)}", err)
-        if err == errno.EPERM:
-            return NetlinkError(f"NFLOG group {g}: {action}: permission denied (needs CAP_NET_ADMIN "
-                                "in this network namespace)", err)
-        return super()._config_error(action, err)
 
     def _parse(self, start: int, end: int):
         return parse_log_packet(self._buf, start, end, with_uid=self._with_uid)
