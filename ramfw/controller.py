@@ -19,7 +19,7 @@ from .conntrack import cut_connections
 from .dnscache import DnsCache
 from .errors import BackendError
 from .logs import fields
-from .plan import DesiredState, Element, family_of, plan
+from .plan import MIN_ELEMENT_TIMEOUT, DesiredState, Element, family_of, plan
 from .policy import Policy
 from .resolver import Resolver, read_nameservers
 
@@ -69,7 +69,15 @@ class Enforcer:
                     log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep,
                                 extra=fields(event="resolve_failed", name=res.name))
                 elif res.answers:
-                    self.counters["ips_added"] += len(self.cache.add(res.name, res.answers, via=res.chain, source="resolver"))
+                    name, outcome = self.creditable(res.name, list(res.chain))
+                    if name is None and self.policy.classify(res.name)[0] == "blocked":
+                        name = res.name  # kept for conflicts and explain; never in an allowed set
+                    if name is None:
+                        self.counters["refused_answers"] = self.counters.get("refused_answers", 0) + 1
+                        log.warning("%s resolves through a blocked name (%s); its addresses are not allowed",
+                                    res.name, " -> ".join(res.chain), extra=fields(event="blocked_chain", name=res.name))
+                        continue
+                    self.counters["ips_added"] += len(self.cache.add(name, res.answers, via=res.chain, source="resolver"))
         return results
 
     # ---- applying ----------------------------------------------------------------------------
@@ -133,7 +141,7 @@ class Enforcer:
             kind = "allow" if verdict == "allowed" else "block"
             now = self.clock()
             for ch in changes:
-                timeout = max(1, int(ch.expiry - now + 0.999))
+                timeout = max(MIN_ELEMENT_TIMEOUT, int(ch.expiry - now + 0.999))
                 self.pending.setdefault(f"{kind}{family_of(ch.ip)}", {})[ch.ip] = Element(ch.ip, timeout)
             self.counters["ips_added"] += len(changes)
             if not defer:
@@ -147,8 +155,8 @@ class Enforcer:
             if pending:
                 self.backend.add_elements({name: list(elems.values()) for name, elems in pending.items()})
 
-    def credit_answer(self, qname: str, chain: list[str], addresses, defer: bool = False) -> tuple[int, str]:
-        """The snooper's callback: what the policy makes of one validated answer.
+    def creditable(self, qname: str, chain: list[str]) -> tuple[str | None, str]:
+        """Which name an answer's addresses belong to, or None and why not.
 
         allowlist: the queried name must be allowed and no name of its CNAME chain blocked; the
         addresses are credited to the queried name. denylist: the first blocked name of the
@@ -158,14 +166,21 @@ class Enforcer:
         verdicts = [self.policy.classify(n)[0] for n in chain]
         if self.policy.mode == "allowlist":
             if verdicts[0] != "allowed":
-                return 0, "not_listed"
+                return None, "not_listed"
             if "blocked" in verdicts:
-                return 0, "blocked_chain"
-            return self.learn(qname, addresses, via=tuple(chain), defer=defer), "ok"
+                return None, "blocked_chain"
+            return qname, "ok"
         for name, verdict in zip(chain, verdicts):
             if verdict == "blocked":
-                return self.learn(name, addresses, via=tuple(chain), defer=defer), "ok"
-        return 0, "not_listed"
+                return name, "ok"
+        return None, "not_listed"
+
+    def credit_answer(self, qname: str, chain: list[str], addresses, defer: bool = False) -> tuple[int, str]:
+        """The snooper's (and the refresher's) callback for one validated answer."""
+        name, outcome = self.creditable(qname, chain)
+        if name is None:
+            return 0, outcome
+        return self.learn(name, addresses, via=tuple(chain), defer=defer), outcome
 
     # ---- state for status / explain ----------------------------------------------------------
 
@@ -471,8 +486,10 @@ class Controller:
         enf = self.enforcer
         problems = enf.backend.check(enf.desired)
         xt_needed = enf.snoop_mode == "queue" and not enf.backend.features.get("queue")
-        if xt_needed and not xtqueue.installed(self.netns_name):
-            problems.append(f"DNS queue chain {xtqueue.CHAIN} is missing")
+        if xt_needed:
+            from .plan import DNS_QUEUE_NUM
+
+            problems += xtqueue.problems(self.netns_name, enf.desired.dns.servers4, enf.desired.dns.servers6, DNS_QUEUE_NUM)
         if not problems:
             return
         log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems), extra=fields(event="repair"))
@@ -556,7 +573,10 @@ class Controller:
                     last["gc"] = now
                     with self.enforcer.lock:
                         self.counters["ips_expired"] += len(self.enforcer.cache.gc())
-                if now - last["state"] >= 10.0 and self.enforcer.cache.version != self.enforcer._saved_version:
+                # explain reads learned names from state.json: write it soon after a change, less
+                # often when the cache is large (it is written whole)
+                state_every = 1.0 if len(self.enforcer.cache) < 10000 else 10.0
+                if now - last["state"] >= state_every and self.enforcer.cache.version != self.enforcer._saved_version:
                     last["state"] = now
                     self.enforcer.save_state()
             except BackendError as exc:

@@ -19,7 +19,9 @@ DNS_LOG_GROUP = 3732  # NFLOG group for snooped DNS answers (log mode)
 DNS_QUEUE_NUM = 3733  # NFQUEUE number for held DNS answers (queue mode)
 DNS_QUERY_GROUP = 3734  # NFLOG group for DNS questions (answers count only for questions asked)
 AUDIT_PREFIX = {"output": "ramfw-block-out", "forward": "ramfw-block-fwd"}
-MIN_ELEMENT_TIMEOUT = 1
+# Never shorter than a TCP connect with its SYN retransmits (1 s, then 3 s): in log mode the
+# first SYN to a just-learned address may be dropped, and the retry must still find it.
+MIN_ELEMENT_TIMEOUT = 5
 
 
 @dataclass(frozen=True, slots=True)

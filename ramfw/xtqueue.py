@@ -66,10 +66,21 @@ def install(netns_name: str | None, servers4, servers6, queue_num: int) -> list[
     return created
 
 
-def installed(netns_name: str | None) -> bool:
-    if not available():
-        return False
-    return _run(netns_name, [TOOLS[4], "-t", TABLE, "-S", CHAIN], check=False).returncode == 0
+def problems(netns_name: str | None, servers4, servers6, queue_num: int) -> list[str]:
+    """What differs from the rules install() writes, per family: chain, jump, rules."""
+    found = []
+    for family, servers in ((4, servers4), (6, servers6)):
+        tool = TOOLS[family]
+        listing = _run(netns_name, [tool, "-t", TABLE, "-S", CHAIN], check=False)
+        if listing.returncode != 0:
+            found.append(f"{tool} {TABLE} chain {CHAIN} is missing")
+            continue
+        if _run(netns_name, [tool, "-t", TABLE, "-C", "PREROUTING", "-j", CHAIN], check=False).returncode != 0:
+            found.append(f"{tool} {TABLE} PREROUTING no longer jumps to {CHAIN}")
+        rules = [ln for ln in listing.stdout.splitlines() if ln.startswith(f"-A {CHAIN} ")]
+        if len(rules) != 2 * len(servers) or not all(f"--queue-num {queue_num}" in r for r in rules):
+            found.append(f"{tool} {TABLE} chain {CHAIN} has {len(rules)} rules instead of {2 * len(servers)}")
+    return found
 
 
 def remove(netns_name: str | None, created_tables: list[str] = ()) -> bool:
