@@ -46,7 +46,8 @@ if str(TESTS) not in sys.path:
 
 from dnsserver import DnsServer, Request, answer  # noqa: E402
 from forge import Forger  # noqa: E402
-from testbed import CLIENT4, CLIENT6, Testbed, nft_ruleset, require_root, root_ns_fingerprint  # noqa: E402
+from testbed import CLIENT4, CLIENT6, Testbed, require_root, root_ns_fingerprint  # noqa: E402
+from testbed import kernel_ruleset as nft_ruleset  # noqa: E402  (every tool's view: either backend)
 
 SERVER4 = "198.51.100.54"
 SERVER6 = "2001:db8:100::54"
@@ -197,7 +198,12 @@ class Bed:
         return ips, self.connect(ips[0])
 
     def set_ips(self, name: str = "allow4") -> set[str]:
-        """Addresses in set inet ramfw <name> in the client namespace, read with the nft CLI."""
+        """Addresses in ramfw's set <name> in the client namespace, read with the admin's tools:
+        `nft` for the nft backend, `ipset list` for the iptables one."""
+        if self.backend == "iptables":
+            p = self.tb.run(self.client, "ipset", "list", f"ramfw-{name}")
+            members = p.stdout.split("Members:", 1)[1].split()
+            return {str(ipaddress.ip_address(m)) for m in members if ":" in m or m.count(".") == 3}
         p = self.tb.run(self.client, "nft", "-j", "list", "set", "inet", "ramfw", name)
         out = set()
         for item in json.loads(p.stdout)["nftables"]:
@@ -254,7 +260,8 @@ class Ctl:
         self.env = {**os.environ, "RAMFW_STATE_DIR": str(self.state_dir)}
         self.stderr_path = bed.tmp / f"{name}.stderr"
         self.ready_at = time.monotonic()
-        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", bed.client, "--policy", str(self.policy)]
+        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", bed.client, "--policy", str(self.policy),
+                "--backend", bed.backend]
         if cleanup:
             argv.append("--cleanup")
         self._err = open(self.stderr_path, "wb")
@@ -354,10 +361,11 @@ def root_namespace_untouched():
     assert after == before, "the machine's own (root) network namespace changed during tests/netns/test_snoop.py"
 
 
-@pytest.fixture
-def bed(tmp_path):
+@pytest.fixture(params=["nft", "iptables"])
+def bed(request, tmp_path):
     """A fresh testbed with the answer pools on inet's lo, TCP 443 listeners and the test DNS
-    server on 198.51.100.54 / 2001:db8:100::54 (in the inet namespace)."""
+    server on 198.51.100.54 / 2001:db8:100::54 (in the inet namespace); every test runs with
+    each backend (nft-specific tests pin it with indirect parametrisation)."""
     require_root()
     t0 = time.monotonic()
     with Testbed(tag="snoop") as tb:
@@ -368,6 +376,7 @@ def bed(tmp_path):
             server = DnsServer(tb.inet, [SERVER4, SERVER6]).start()
             try:
                 b = Bed(tb, server, listener, tmp_path)
+                b.backend = request.param
                 log(f"testbed ready in {time.monotonic() - t0:.2f}s")
                 yield b
                 assert not server.errors, f"DNS server handler errors: {server.errors}"
@@ -1075,6 +1084,25 @@ def _wait(cond, timeout: float, step: float = 0.1) -> float | None:
         time.sleep(step)
 
 
+@pytest.mark.parametrize("bed", ["iptables"], indirect=True)
+def test_repair_iptables_rules(bed, controller):
+    """iptables backend: the jump to RAMFW-OUT deleted (an admin's or a tool's `iptables -D`)
+    and ramfw's set destroyed are restored within the check interval."""
+    bed.dns.zone["r.allowed.test"] = bed.seq4
+    ctl = controller(policy_toml(WILDCARD))
+    ips, res = bed.lookup_connect("r.allowed.test")
+    assert res.ok, res
+    bed.tb.run(bed.client, "iptables-nft", "-D", "OUTPUT", "-j", "RAMFW-OUT")
+    assert bed.connect(POOL4[-1]).ok, "without the jump nothing filters"
+    took = _wait(lambda: bed.connect(POOL4[-1], timeout=0.5).error == "ECONNREFUSED", 8)
+    log(f"repair: RAMFW-OUT jump restored after {took}s")
+    assert took is not None, f"jump not restored within 8 s\n{ctl.stderr_tail()}"
+    _, res = bed.lookup_connect("r.allowed.test")
+    assert res.ok, res
+    assert ctl.wait_counter("repairs", 1) >= 1
+
+
+@pytest.mark.parametrize("bed", ["nft"], indirect=True)
 def test_repair_table_and_queue_chain(bed, controller):
     bed.dns.zone["r.allowed.test"] = bed.seq4
     ctl = controller(policy_toml(WILDCARD))
@@ -1107,6 +1135,7 @@ def test_repair_table_and_queue_chain(bed, controller):
     assert ctl.wait_counter("repairs", 2) >= 2
 
 
+@pytest.mark.parametrize("bed", ["nft"], indirect=True)
 @pytest.mark.parametrize("tamper", ["jumps-removed", "ipv6-chain-removed"])
 def test_repair_queue_chain_partial_tamper(bed, controller, tamper):
     """The queue chain's check must notice any damage, not only a missing IPv4 chain."""
@@ -1153,7 +1182,8 @@ def test_sigterm_leaves_rules_and_down_removes_them(bed, controller):
     log(f"after SIGTERM a lookup answered in {(time.monotonic() - t0) * 1000:.1f} ms")
     assert fresh and fresh[0] != learned
     assert bed.connect(fresh[0]).error == "ECONNREFUSED", "nobody programs new answers any more"
-    assert _queue_chain_ok(bed, "iptables-nft"), "the queue chain stays with the ruleset"
+    if bed.backend == "nft":  # (the iptables backend keeps its NFQUEUE rule in its own chains)
+        assert _queue_chain_ok(bed, "iptables-nft"), "the queue chain stays with the ruleset"
 
     out = ctl.cli("down", "--netns", bed.client).stdout
     log(f"down: {out.strip()}")
