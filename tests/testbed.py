@@ -172,6 +172,30 @@ def _read_only(argv: list[str]) -> str:
     return p.stdout + (f"\n[stderr] {p.stderr}" if p.stderr.strip() else "") + f"\n[rc {p.returncode}]"
 
 
+def probe_during(tb: "Testbed", allowed_ip: str, refused_ip: str, port: int, action) -> dict:
+    """Connect to allowed_ip and refused_ip from the client, over and over, while action() runs
+    (ruleset replacements); returns how many attempts went which way."""
+    import threading
+
+    stop = threading.Event()
+    results = {"a_fail": 0, "a_ok": 0, "b_ok": 0, "b_refused": 0}
+
+    def probe():
+        while not stop.is_set():
+            ra, rb = tb.connect(allowed_ip, port, timeout=1), tb.connect(refused_ip, port, timeout=1)
+            results["a_ok" if ra.ok else "a_fail"] += 1
+            results["b_ok" if rb.ok else "b_refused"] += 1
+
+    t = threading.Thread(target=probe)
+    t.start()
+    try:
+        action()
+    finally:
+        stop.set()
+        t.join()
+    return results
+
+
 def kernel_ruleset(ns: str) -> str:
     """Everything a firewall tool could have left in `ns`: nft ruleset, iptables-save of both
     flavours and families, ipset list. Counters, element countdowns and comments are dropped so

@@ -10,7 +10,7 @@ import pytest
 
 from ramfw import netns
 from runcli import run_ramfw
-from testbed import kernel_ruleset
+from testbed import kernel_ruleset, probe_during
 
 ALLOWED = {"reg.allowed.test": ["198.51.100.10", "2001:db8:100::10"]}
 OTHER = {"reg.other.test": ["198.51.100.20", "2001:db8:100::20"]}
@@ -221,23 +221,11 @@ def test_policy_changes_replace_without_a_window(net, tmp_path):
     p1 = policy(tmp_path, 'allow = ["reg.allowed.test"]', "p1.toml")
     p2 = policy(tmp_path, 'allow = ["reg.allowed.test", "third.test"]\n[network]\nallow_cidrs = ["198.51.100.40/32"]', "p2.toml")
     up(net, p1)
-    stop = threading.Event()
-    results = {"a_fail": 0, "a_ok": 0, "b_ok": 0, "b_refused": 0}
-
-    def probe():
-        while not stop.is_set():
-            ra, rb = net.connect(A4, 443, timeout=1), net.connect(B4, 443, timeout=1)
-            results["a_ok" if ra.ok else "a_fail"] += 1
-            results["b_ok" if rb.ok else "b_refused"] += 1
-
-    t = threading.Thread(target=probe)
-    t.start()
-    try:
+    def replace_12_times():
         for i in range(12):
             up(net, p2 if i % 2 == 0 else p1)
-    finally:
-        stop.set()
-        t.join()
+
+    results = probe_during(net, A4, B4, 443, replace_12_times)
     assert results["a_fail"] == 0 and results["b_ok"] == 0, results
     assert results["a_ok"] > 20, results
 

@@ -28,7 +28,7 @@ from ramfw.errors import BackendError
 from ramfw.nfnetlink import NfLog, NfQueue
 from ramfw.plan import AUDIT_LOG_GROUP, DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM, Element, plan
 from ramfw.policy import parse_policy
-from testbed import DNS4, DNS6
+from testbed import DNS4, DNS6, probe_during
 
 ALLOWED = {"reg.allowed.test": ["198.51.100.10", "2001:db8:100::10"]}
 OTHER = {"reg.other.test": ["198.51.100.20", "2001:db8:100::20"]}
@@ -264,23 +264,11 @@ def test_apply_replaces_without_a_window(net, backend):
     d1 = desired(ALLOW, ALLOWED)
     d2 = desired('allow = ["reg.allowed.test", "third.test"]\n[network]\nallow_cidrs = ["198.51.100.40/32"]', {**ALLOWED, "third.test": ["198.51.100.41"]})
     backend.apply(d1)
-    stop = threading.Event()
-    results = {"a_fail": 0, "a_ok": 0, "b_ok": 0, "b_refused": 0}
-
-    def probe():
-        while not stop.is_set():
-            ra, rb = net.connect(A4, 443, timeout=1), net.connect(B4, 443, timeout=1)
-            results["a_ok" if ra.ok else "a_fail"] += 1
-            results["b_ok" if rb.ok else "b_refused"] += 1
-
-    t = threading.Thread(target=probe)
-    t.start()
-    try:
+    def replace_30_times():
         for i in range(30):
             backend.apply(d2 if i % 2 == 0 else d1)
-    finally:
-        stop.set()
-        t.join()
+
+    results = probe_during(net, A4, B4, 443, replace_30_times)
     assert results["a_fail"] == 0 and results["b_ok"] == 0, results
     assert results["a_ok"] > 20, results
 
