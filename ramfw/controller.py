@@ -575,7 +575,7 @@ class Controller:
                         self.counters["ips_expired"] += len(self.enforcer.cache.gc())
                 # explain reads learned names from state.json: write it soon after a change, less
                 # often when the cache is large (it is written whole)
-                state_every = 1.0 if len(self.enforcer.cache) < 10000 else 10.0
+                state_every = 1.0 if len(self.enforcer.cache) < 1000 else 10.0
                 if now - last["state"] >= state_every and self.enforcer.cache.version != self.enforcer._saved_version:
                     last["state"] = now
                     self.enforcer.save_state()

@@ -36,7 +36,3 @@ class BackendError(RamfwError):
 
 class NetnsError(RamfwError):
     """The requested network namespace cannot be entered."""
-
-
-class NotAvailableError(RamfwError):
-    """A command of the contract that this build does not implement yet."""
