@@ -149,3 +149,31 @@ def test_metrics_refuse_a_public_address(net, tmp_path):
     r = run_ramfw("run", "--netns", net.client, "--metrics", "0.0.0.0:9799")
     assert r.returncode == 2 and "loopback" in r.stderr
     assert "table inet ramfw" not in nft_ruleset(net.client)
+
+
+def test_resolver_failure_keeps_the_last_good_answer(net, tmp_path):
+    """The trusted resolver stops answering: refreshes fail with a warning naming the name and
+    the reason, and the last good addresses stay in force."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('allow = ["reg.allowed.test"]\n[dns]\nmin_ttl = 1\ngrace = 60\n')
+    net.set_names({"reg.allowed.test": [A4], "reg.other.test": [B4]}, ttl=1)
+    ctl = Controller(net.client, str(policy))
+    try:
+        ctl.wait_ready()
+        assert net.connect(A4, 443).ok
+        # the internet namespace drops every DNS query from now on
+        net.run(net.inet, "nft", "add table inet dnsdown")
+        net.run(net.inet, "nft", "add chain inet dnsdown in { type filter hook input priority 0; }")
+        net.run(net.inet, "nft", "add rule inet dnsdown in th dport 53 drop")
+        deadline = time.monotonic() + 10
+        while "cannot refresh reg.allowed.test" not in ctl.output():
+            assert time.monotonic() < deadline, ctl.output()
+            time.sleep(0.2)
+        line = next(ln for ln in ctl.output().splitlines() if "cannot refresh reg.allowed.test" in ln)
+        assert "keeping the last good answer" in line and "Timeout" in line, line
+        assert net.connect(A4, 443).ok
+        status = json.loads(run_ramfw("status", "--netns", net.client, "--json", check=0).stdout)
+        assert status["sets"]["allow4"] == 1 and status["controller"]["running"]
+    finally:
+        ctl.stop()
+        run_ramfw("down", "--netns", net.client)
