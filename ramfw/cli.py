@@ -73,7 +73,7 @@ def _root(
 def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt, policy_ca: Optional[str] = PolicyCaOpt):
     """Resolve the policy's names and apply the ruleset once, then exit; the rules stay."""
     from .backends.choose import select_backend
-    from .controller import Enforcer
+    from .enforcer import Enforcer
     from .policysource import open_source
 
     source = open_source(policy or os.environ.get("RAMFW_POLICY") or None, netns, policy_ca)
