@@ -251,7 +251,16 @@ class NftBackend(Backend):
             for name in counters:
                 if name not in wanted_counters:
                     lines.append(f"delete counter {FAMILY} {TABLE} {name}")
-        self.ctx.run("\n".join(lines) + "\n" + self.render(desired, counters))
+        try:
+            self.ctx.run("\n".join(lines) + "\n" + self.render(desired, counters))
+        except BackendError as exc:
+            path = next((r.args[0] for c in desired.chains for r in c.rules if r.kind == "bypass_cgroup"), None)
+            if path and "cgroupv2 path fails" in str(exc):
+                raise BackendError(
+                    f"scope.cgroup {path!r}: nft finds no /sys/fs/cgroup/{path} (nft 1.0 looks for cgroup v2 "
+                    "only there); create the cgroup, or on a host whose cgroup v2 tree is elsewhere use --backend iptables"
+                ) from None
+            raise
         log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
 
     def _counter_names(self, desired: DesiredState) -> list[str]:

@@ -209,7 +209,7 @@ def test_failed_apply_leaves_previous_state(net, tmp_path):
     r = up(net, policy(tmp_path, 'allow = ["reg.other.test"]\n[scope]\ncgroup = "no-such.slice/x.service"', "cg.toml"), check=1)
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("ramfw: error: "), r.stderr
-    assert "cgroup" in lines[-1] or "refused the change" in lines[-1], r.stderr
+    assert "no-such.slice/x.service" in lines[-1], r.stderr  # names what the kernel could not find
     assert stable(nft_ruleset(net.client)) == before
     assert net.connect(A4, 443).ok
     assert_refused_fast(net, B4)
