@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -432,8 +431,3 @@ def _typename(value) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "a table"}.get(
         type(value), type(value).__name__
     )
-
-
-def policy_from_env_or_default(path: str | None) -> Policy:
-    """The policy the CLI uses: --policy, else $RAMFW_POLICY, else the embedded default."""
-    return load_policy(path or os.environ.get("RAMFW_POLICY") or None)

@@ -5,7 +5,7 @@ Used for writes (one script = one atomic batch) and dry-runs; reads go through n
 A libnftables context talks to the kernel through a netlink socket; every call here runs with the
 calling thread inside the target namespace, so the socket (opened at context creation or lazily)
 and every command belong to that namespace. When the library cannot be loaded, the same calls go
-to `nft -j -f -` run inside the namespace.
+to `nft -f -` run inside the namespace.
 """
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ from ..errors import BackendError
 log = logging.getLogger(__name__)
 
 NFT_CTX_DEFAULT = 0
-NFT_CTX_OUTPUT_HANDLE = 1 << 3
-NFT_CTX_OUTPUT_JSON = 1 << 4
-NFT_CTX_OUTPUT_NUMERIC_PRIO = 1 << 8
-NFT_CTX_DRY_RUN = 1 << 0  # nft_ctx_set_dry_run
 
 
 def _load_library():
@@ -38,9 +34,6 @@ def _load_library():
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
         lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
-        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_set_dry_run.argtypes = [ctypes.c_void_p, ctypes.c_bool]
         for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
             getattr(lib, fn).argtypes = [ctypes.c_void_p]
@@ -58,7 +51,7 @@ _LIB = _load_library()
 
 
 class NftContext:
-    """Runs nft commands (text or JSON) inside one network namespace."""
+    """Runs nft commands inside one network namespace."""
 
     def __init__(self, netns_name: str | None = None, force_cli: bool = False):
         self.netns_name = netns_name
@@ -91,13 +84,10 @@ class NftContext:
 
     # ---- running ----------------------------------------------------------------------------
 
-    def run(self, command: str, json_output: bool = False, dry_run: bool = False) -> str:
-        """Run a command buffer (nft syntax, or a JSON document when it starts with '{')."""
-        json_mode = json_output or command.lstrip().startswith("{")
+    def run(self, command: str, dry_run: bool = False) -> str:
+        """Run a command buffer in nft syntax as one batch (dry_run: validated, then aborted)."""
         if not self.uses_library:
-            return self._run_cli(command, json_mode, dry_run)
-        flags = NFT_CTX_OUTPUT_JSON if json_mode else 0
-        _LIB.nft_ctx_output_set_flags(self._ctx, flags)
+            return self._run_cli(command, dry_run)
         _LIB.nft_ctx_set_dry_run(self._ctx, dry_run)
         with netns.entered(self.netns_name):
             rc = _LIB.nft_run_cmd_from_buffer(self._ctx, command.encode())
@@ -107,8 +97,8 @@ class NftContext:
             raise BackendError(_first_error(err, command))
         return out
 
-    def _run_cli(self, command: str, json_mode: bool, dry_run: bool) -> str:
-        argv = ["nft"] + (["-j"] if json_mode else []) + (["-c"] if dry_run else []) + ["-f", "-"]
+    def _run_cli(self, command: str, dry_run: bool) -> str:
+        argv = ["nft"] + (["-c"] if dry_run else []) + ["-f", "-"]
         with netns.entered(self.netns_name):
             proc = subprocess.run(argv, input=command, capture_output=True, text=True)
         if proc.returncode != 0:

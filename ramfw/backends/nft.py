@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import BackendError
-from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule, family_of
+from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule
 from .base import Backend, KernelState, Probe
 from .libnft import NftContext
 from .nftnl import NftElementWriter, NftReader
@@ -293,10 +293,6 @@ class NftBackend(Backend):
         with self._reader() as r:
             return r.table_comment() is not None
 
-    def _read_counters(self) -> dict[str, dict[str, int]]:
-        with self._reader() as r:
-            return r.counters()
-
     def read_state(self, with_elements: bool = True) -> KernelState:
         state = KernelState(installed=False, backend=self.name, where=f"nft list table {FAMILY} {TABLE}")
         with self._reader() as r:
@@ -330,7 +326,3 @@ class NftBackend(Backend):
             if set_name not in state.sets:
                 problems.append(f"set {set_name} is missing")
         return problems
-
-
-def set_for(ip: str, kind: str = "allow") -> str:
-    return f"{kind}{family_of(ip)}"

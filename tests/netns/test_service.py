@@ -27,13 +27,19 @@ def net(testbed, state_dir):
     return testbed
 
 
+def notify_listener(tmp_path, timeout):
+    """A stand-in for systemd's notify socket; returns (socket, path)."""
+    path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(timeout)
+    return listener, path
+
+
 def test_ready_after_ruleset_and_watchdog_pings(net, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text('allow = ["reg.allowed.test"]\n')
-    notify_path = str(tmp_path / "notify.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(notify_path)
-    listener.settimeout(10)
+    listener, notify_path = notify_listener(tmp_path, 10)
     env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="600000")
     proc = subprocess.Popen([sys.executable, "-m", "ramfw.cli", "run", "--netns", net.client, "--policy", str(policy)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -84,10 +90,7 @@ def test_ready_after_ruleset_and_watchdog_pings(net, tmp_path):
 def test_ready_is_not_sent_when_the_policy_is_invalid(net, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text('allow = ["*.amazonaws.com"]\n')
-    notify_path = str(tmp_path / "notify.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    listener.bind(notify_path)
-    listener.settimeout(0.5)
+    listener, notify_path = notify_listener(tmp_path, 0.5)
     r = subprocess.run([sys.executable, "-m", "ramfw.cli", "run", "--netns", net.client, "--policy", str(policy)],
                        env=dict(os.environ, NOTIFY_SOCKET=notify_path), capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "allow[0]" in r.stderr
