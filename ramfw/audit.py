@@ -72,6 +72,7 @@ class AuditLog:
         self.by_host: dict[str, int] = {}  # host name (or "unknown") -> attempts, for metrics
         self._last_logged: dict[tuple, float] = {}
         self.sock: NfLog | None = None
+        self.beat: Callable[[], None] = lambda: None  # the supervising Worker's heartbeat
 
     def open(self) -> None:
         with netns.entered(self.netns_name):
@@ -132,6 +133,7 @@ class AuditLog:
         sel.register(self.sock.fileno(), selectors.EVENT_READ)
         try:
             while not stop.is_set():
+                self.beat()
                 if not sel.select(timeout=0.25):
                     continue
                 batch = []

@@ -15,10 +15,13 @@ from . import netns
 log = logging.getLogger(__name__)
 
 
-def cut_connections(netns_name: str | None, ips: set[str]) -> int:
-    """Delete conntrack entries whose original destination is in `ips`; return how many."""
+def cut_connections(netns_name: str | None, ips) -> int:
+    """Delete conntrack entries whose original destination is in `ips` (a set, or a predicate
+    taking the destination address); return how many. Call it with no lock held: the dump
+    walks every tracked connection of the namespace."""
     if not ips:
         return 0
+    wanted = ips if callable(ips) else ips.__contains__
     from pyroute2 import Conntrack  # imported here: only the kernel-facing path needs it
 
     cut = 0
@@ -26,7 +29,7 @@ def cut_connections(netns_name: str | None, ips: set[str]) -> int:
     with netns.entered(netns_name):
         ct = Conntrack()
         try:
-            victims = [e for e in ct.dump_entries() if e.tuple_orig is not None and e.tuple_orig.daddr in ips]
+            victims = [e for e in ct.dump_entries() if e.tuple_orig is not None and wanted(e.tuple_orig.daddr)]
             for entry in victims:
                 try:
                     ct.delete(entry)

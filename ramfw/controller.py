@@ -1,6 +1,7 @@
 """The controller (`ramfw run`): keeps one namespace enforced: apply, snoop DNS, refresh names
 before they expire, gc, reload on SIGHUP or policy change, repair an altered ruleset, heartbeat
-and sd_notify. The per-namespace work itself is the Enforcer's (enforcer.py).
+and sd_notify. The per-namespace work itself is the Enforcer's (enforcer.py); the threads'
+concurrency model is written down in Controller's docstring.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import time
 
 from .backends.base import Backend
 from .backends.choose import select_backend
+from .counters import Counters
 from .enforcer import Enforcer
 from .errors import BackendError
-from .logs import fields
+from .logs import RepeatedLog, fields
+from .refresh import RefreshSchedule
+from .threads import StallGuard, Worker
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,28 @@ def choose_snoop_mode(wanted: str, backend: Backend) -> tuple[str, str]:
 
 
 class Controller:
-    """Keeps one namespace enforced: apply, snoop, refresh, gc, reload, repair, heartbeat."""
+    """Keeps one namespace enforced: apply, snoop, refresh, gc, reload, repair, heartbeat.
+
+    Concurrency model (the one the whole daemon follows; README "How it works" repeats it):
+
+    threads   main loop (this class): reload, refresh (resolution), repair, gc, state files,
+              heartbeat, sd_notify; `snoop`: reads DNS queries and answers, credits answers,
+              programs their addresses and only then releases them; `audit`: records refused
+              packets; `metrics`: serves scrapes (one short-lived thread per connection).
+    state     the DNS cache and every counter lock themselves; the policy generation (policy,
+              desired state, snoop mode) is replaced whole by Enforcer.commit() and only read
+              elsewhere; the refresh schedule has its own lock; the snooper's question tracker
+              and TCP streams belong to the snoop thread alone.
+    kernel    Enforcer.kernel_lock serialises ramfw's kernel writes (element batches, ruleset
+              transactions) and is held across nothing else: no lock is held across resolution,
+              conntrack dumps, state files, HTTP or subprocesses. Every netlink receive has a
+              timeout.
+    failure   every thread runs under a Worker (threads.py): an exception is logged with its
+              traceback and counted; a thread that died or stopped making progress ends the
+              process with exit status 1 (systemd restarts it; the rules stay in force), and the
+              watchdog is fed only while every thread is alive and beating. The main loop's own
+              errors are counted and logged (summarised when they repeat) and it goes on.
+    """
 
     def __init__(
         self,
@@ -71,17 +96,24 @@ class Controller:
         self.reload_requested = threading.Event()
         self.enforcer: Enforcer | None = None
         self.snooper = None
-        self.snoop_thread: threading.Thread | None = None
+        self.snoop_worker: Worker | None = None
         self.snoop_stop = threading.Event()
         self.snoop_reason = ""
+        self.audit = None
+        self.audit_worker: Worker | None = None
+        self.audit_stop = threading.Event()
         self.xt_created: list[str] = []
-        self.next_refresh: dict[str, float] = {}
-        self.refresh_lock = threading.Lock()
-        self.counters = {"reloads": 0, "reloads_refused": 0, "repairs": 0, "apply_failures": 0, "ips_expired": 0}
+        self.schedule = RefreshSchedule()
+        self.counters = Counters("reloads", "reloads_refused", "repairs", "apply_failures", "ips_expired",
+                                 "loop_errors", "state_write_failures")
         self.started_at = time.time()
         self.policy_loaded_at = time.time()
         self.metrics_spec = metrics
         self.metrics = None
+        self.exit_status = 0
+        env_limit = os.environ.get("RAMFW_STALL_LIMIT", "")
+        self.stall_limit = float(env_limit) if env_limit.replace(".", "", 1).isdigit() else 30.0
+        self._complaints = RepeatedLog(log)
 
     # ---- start ------------------------------------------------------------------------------
 
@@ -104,8 +136,10 @@ class Controller:
         self.enforcer.set_policy(policy)
         mode, self.snoop_reason = choose_snoop_mode(policy.dns.snoop, backend)
         self.enforcer.snoop_mode = mode
-        self._schedule(self.enforcer.resolve_policy_names())
-        self.enforcer.apply()
+        self.enforcer.restore_from_state()  # a restart keeps what it had learned
+        staged = self.enforcer.stage(policy, mode)
+        self.enforcer.commit(staged)
+        self.schedule.record(staged.results, policy.dns.min_ttl)
         self._start_snooper()
         self._start_audit()
         if self.metrics_spec:
@@ -122,30 +156,39 @@ class Controller:
     def _load_policy(self):
         return self.source.load().with_infrastructure(self.source.hosts(), "policy source")
 
-    def _start_snooper(self) -> None:
+    def _xtqueue_needed(self) -> bool:
+        enf = self.enforcer
+        return enf.snoop_mode == "queue" and not enf.backend.features.get("queue")
+
+    def _install_xtqueue(self) -> None:
         from . import xtqueue
+        from .plan import DNS_QUEUE_NUM
+
+        d = self.enforcer.desired
+        self.xt_created = xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM) or self.xt_created
+
+    def _start_snooper(self) -> None:
         from .plan import DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM
         from .snoop import Snooper
 
         enf = self.enforcer
         if enf.snoop_mode == "off":
             return
-        if enf.snoop_mode == "queue" and not enf.backend.features.get("queue"):
-            d = enf.desired
-            self.xt_created = xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM) or self.xt_created
+        if self._xtqueue_needed():
+            self._install_xtqueue()
         self.snooper = Snooper(
             self.netns_name, enf.trusted_servers(), functools.partial(enf.credit_answer, defer=True), enf.snoop_mode,
             DNS_QUEUE_NUM, DNS_LOG_GROUP, DNS_QUERY_GROUP, fallback=self._resolve_soon, flush=enf.flush,
         )
         self.snooper.open()
-        self.snoop_stop.clear()
-        self.snoop_thread = threading.Thread(target=self.snooper.run, args=(self.snoop_stop,), name="snoop", daemon=True)
-        self.snoop_thread.start()
+        self.snoop_stop = threading.Event()
+        self.snoop_worker = Worker("snoop", self.snooper.run, self.snoop_stop)
+        self.snooper.beat = self.snoop_worker.beat
+        self.snoop_worker.start()
 
     def names_for(self, ip: str) -> list[str]:
         """Host names an address was recently given for: policy names first, then any name."""
-        with self.enforcer.lock:
-            names = sorted(self.enforcer.cache.names_for(ip))
+        names = sorted(self.enforcer.cache.names_for(ip))
         seen = self.snooper.recent.get(ip) if self.snooper is not None else None
         if seen and seen not in names:
             names.append(seen)
@@ -157,116 +200,94 @@ class Controller:
         self.audit = AuditLog(self.netns_name, self.enforcer.desired.audit_group, self.names_for, lambda: self.enforcer.policy.digest)
         self.audit.open()
         self.audit_stop = threading.Event()
-        self.audit_thread = threading.Thread(target=self.audit.run, args=(self.audit_stop,), name="audit", daemon=True)
-        self.audit_thread.start()
+        self.audit_worker = Worker("audit", self.audit.run, self.audit_stop)
+        self.audit.beat = self.audit_worker.beat
+        self.audit_worker.start()
 
     def _stop_audit(self) -> None:
-        if getattr(self, "audit_thread", None) is not None:
+        if self.audit_worker is not None:
             self.audit_stop.set()
-            self.audit_thread.join(timeout=5)
-            self.audit_thread = None
+            self.audit_worker.stop()
+            self.audit_worker = None
             self.audit.close()
 
     def _stop_snooper(self) -> None:
-        if self.snoop_thread is not None:
+        if self.snoop_worker is not None:
             self.snoop_stop.set()
-            self.snoop_thread.join(timeout=5)
-            self.snoop_thread = None
+            self.snoop_worker.stop()
+            self.snoop_worker = None
         if self.snooper is not None:
             self.snooper.close()
+            self.snooper = None
+
+    def workers(self) -> list[Worker]:
+        out = [w for w in (self.snoop_worker, self.audit_worker) if w is not None]
+        if self.metrics is not None and getattr(self.metrics, "worker", None) is not None:
+            out.append(self.metrics.worker)
+        return out
 
     # ---- refresh ----------------------------------------------------------------------------
 
-    def _schedule(self, results) -> None:
-        """When to look each name up again: before its answer expires (80% of its TTL)."""
-        now = time.monotonic()
-        floor = self.enforcer.policy.dns.min_ttl if self.enforcer else 0
-        with self.refresh_lock:
-            for res in results:
-                if res.answers:
-                    ttl = max(min(t for _, t in res.answers), floor, 1)
-                    self.next_refresh[res.name] = now + ttl * 0.8
-                else:
-                    self.next_refresh[res.name] = now + 5.0  # failed or missing: retry soon
-
     def _resolve_soon(self, name: str) -> None:
-        with self.refresh_lock:
-            self.next_refresh[name] = 0.0
+        self.schedule.soon(name)
         self.wake.set()
 
     def _refresh_due(self) -> None:
         from .resolver import Resolver
 
         enf = self.enforcer
-        now = time.monotonic()
-        wanted = set(enf.policy.concrete_names("allow") + enf.policy.concrete_names("block"))
-        with self.refresh_lock:
-            due = [n for n, t in self.next_refresh.items() if t <= now]
+        due = self.schedule.due()
         if not due:
             return
-        results = Resolver(self.netns_name, list(enf.trusted_servers())).resolve_all(due)
+        policy = enf.policy
+        wanted = set(policy.concrete_names("allow") + policy.concrete_names("block"))
+        results = Resolver(self.netns_name, list(enf.trusted_servers(policy))).resolve_all(due)
         for res in results:
             if res.error:
-                enf.counters["resolve_failures"] += 1
-                log.warning("cannot refresh %s (%s); keeping the last good answer", res.name, res.error,
-                            extra=fields(event="resolve_failed", name=res.name))
-            elif res.answers and (res.name in wanted or enf.policy.classify(res.name)[0] != "unlisted"):
+                enf.counters.inc("resolve_failures")
+            elif res.answers and (res.name in wanted or policy.classify(res.name)[0] != "unlisted"):
                 enf.credit_answer(res.name, list(res.chain), res.answers)
-        self._schedule(results)
+        self.schedule.record(results, policy.dns.min_ttl)
 
     # ---- reload, repair ---------------------------------------------------------------------
 
     def reload(self, why: str) -> bool:
+        """Load, resolve and apply a new policy as one transaction: the old policy, cache,
+        schedule and snoop mode are replaced only once the kernel accepted the new ruleset."""
         from .errors import PolicyError
 
         enf = self.enforcer
         try:
             policy = self._load_policy()
-        except PolicyError as exc:
-            self.counters["reloads_refused"] += 1
-            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, "; ".join(exc.lines()),
+            new_mode, reason = choose_snoop_mode(policy.dns.snoop, enf.backend)
+        except (PolicyError, BackendError) as exc:
+            self.counters.inc("reloads_refused")
+            detail = "; ".join(exc.lines()) if isinstance(exc, PolicyError) else str(exc)
+            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, detail,
                       extra=fields(event="reload_refused", policy=enf.policy.digest))
             return False
         old_mode = enf.snoop_mode
+        staged = enf.stage(policy, new_mode)  # resolution: no lock held, nothing learned yet
         try:
-            new_mode, reason = choose_snoop_mode(policy.dns.snoop, enf.backend)
+            enf.commit(staged)
         except BackendError as exc:
-            self.counters["reloads_refused"] += 1
-            log.error("policy reload (%s) refused, still enforcing %s: %s", why, enf.policy.digest, exc,
-                      extra=fields(event="reload_refused", policy=enf.policy.digest))
-            return False
-        old_policy = enf.policy
-        enf.set_policy(policy)
-        with self.refresh_lock:
-            self.next_refresh = {}
-        self._schedule(enf.resolve_policy_names())
-        if new_mode != old_mode:
-            self._stop_snooper()
-        enf.snoop_mode = new_mode
-        try:
-            enf.apply()
-        except BackendError as exc:
-            self.counters["apply_failures"] += 1
+            self.counters.inc("apply_failures")
             log.error("applying policy %s failed, the previous ruleset stays in force: %s", policy.digest, exc,
                       extra=fields(event="apply_failed", policy=policy.digest))
-            enf.set_policy(old_policy)
-            enf.snoop_mode = old_mode
-            if new_mode != old_mode:
-                self._start_snooper()
             return False
+        self.schedule.forget_except(lambda n: policy.classify(n)[0] != "unlisted")
+        self.schedule.reset()
+        self.schedule.record(staged.results, policy.dns.min_ttl)
         if new_mode != old_mode:
             self.snoop_reason = reason
+            self._stop_snooper()
             self._remove_xtqueue_if_unused()
             self._start_snooper()
         elif self.snooper is not None:
             self.snooper.set_trusted(enf.trusted_servers())
-            if new_mode == "queue" and not enf.backend.features.get("queue"):
-                from . import xtqueue
-                from .plan import DNS_QUEUE_NUM
-
-                d = enf.desired
-                xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM)
-        self.counters["reloads"] += 1
+            if self._xtqueue_needed():
+                self._install_xtqueue()
+        self.counters.inc("reloads")
         self.policy_loaded_at = time.time()
         log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode, policy.digest,
                  extra=fields(event="reloaded", policy=policy.digest, mode=policy.mode, addresses=enf.desired.element_count(),
@@ -276,7 +297,7 @@ class Controller:
     def _remove_xtqueue_if_unused(self) -> None:
         from . import xtqueue
 
-        if self.enforcer.snoop_mode != "queue" or self.enforcer.backend.features.get("queue"):
+        if not self._xtqueue_needed():
             xtqueue.remove(self.netns_name, self.xt_created)
             self.xt_created = []
 
@@ -285,24 +306,20 @@ class Controller:
 
         enf = self.enforcer
         problems = enf.backend.check(enf.desired)
-        xt_needed = enf.snoop_mode == "queue" and not enf.backend.features.get("queue")
-        if xt_needed:
+        if self._xtqueue_needed():
             from .plan import DNS_QUEUE_NUM
 
             problems += xtqueue.problems(self.netns_name, enf.desired.dns.servers4, enf.desired.dns.servers6, DNS_QUEUE_NUM)
         if not problems:
             return
         log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems), extra=fields(event="repair"))
-        self.counters["repairs"] += 1
+        self.counters.inc("repairs")
         try:
             enf.apply()
-            if xt_needed:
-                from .plan import DNS_QUEUE_NUM
-
-                d = enf.desired
-                xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM)
+            if self._xtqueue_needed():
+                self._install_xtqueue()
         except BackendError as exc:
-            self.counters["apply_failures"] += 1
+            self.counters.inc("apply_failures")
             log.error("repair failed: %s", exc)
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -311,6 +328,7 @@ class Controller:
         from . import state as state_file
 
         snoop = dict(self.snooper.counters) if self.snooper is not None else {}
+        cache = self.enforcer.cache.stats()
         state_file.write_state(
             self.netns_name,
             {
@@ -321,17 +339,55 @@ class Controller:
                 "snoop": self.enforcer.snoop_mode,
                 "snoop_reason": self.snoop_reason,
                 "xtables_created_tables": self.xt_created,
+                "check_interval": self.check_interval,
                 "counters": {
-                    **self.enforcer.counters,
-                    **self.counters,
-                    "blocked_attempts": self.audit.count if getattr(self, "audit", None) else 0,
+                    **self.enforcer.counters.snapshot(),
+                    **self.counters.snapshot(),
+                    "blocked_attempts": self.audit.count if self.audit is not None else 0,
+                    "cache_names": cache["names"],
+                    "cache_addresses": cache["addresses"],
+                    "cache_evicted": cache["evicted"],
+                    "refresh_failing": self.schedule.failing(),
                     **{f"snoop_{k}": v for k, v in snoop.items()},
                 },
             },
             name="controller.json",
         )
 
-    def run_forever(self) -> None:
+    def _write_files(self, now: float, last: dict) -> None:
+        """controller.json every 2 s, state.json at most every 2 s and only after a change. A
+        full disk or a missing directory is logged (summarised) and survived."""
+        enf = self.enforcer
+        try:
+            if now - last["beat"] >= 2.0:
+                last["beat"] = now
+                self.heartbeat()
+            if now - last["state"] >= 2.0 and enf.cache.version != enf._saved_version:
+                last["state"] = now
+                enf.save_state()
+        except OSError as exc:
+            self.counters.inc("state_write_failures")
+            self._complaints.error("state", "cannot write the state files (%s); enforcement goes on, status and explain may be stale",
+                                   exc.strerror or exc)
+
+    def _one_pass(self, now: float, last: dict) -> None:
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            if hasattr(self.source, "fetch"):
+                self.source.fetch()
+            self.reload("SIGHUP")
+        elif self.source.poll():
+            self.reload(f"policy changed at {self.source.description}")
+        self._refresh_due()
+        if now - last["check"] >= self.check_interval:
+            last["check"] = now
+            self.repair_if_needed()
+        if now - last["gc"] >= 5.0:
+            last["gc"] = now
+            self.counters.inc("ips_expired", len(self.enforcer.cache.gc()))
+
+    def run_forever(self) -> int:
+        """Serve until SIGTERM/SIGINT (returns 0) or until a thread fails or stalls (returns 1)."""
         import signal
 
         from . import sdnotify
@@ -347,49 +403,56 @@ class Controller:
         signal.signal(signal.SIGHUP, on_hup)
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
-        self.heartbeat()
+        last = {"check": time.monotonic(), "beat": 0.0, "gc": time.monotonic(), "state": 0.0, "dog": 0.0}
+        self._write_files(time.monotonic(), last)
         sdnotify.notify("READY=1", f"STATUS=enforcing policy {self.enforcer.policy.digest}")
         watchdog = sdnotify.watchdog_interval()
-        last = {"check": time.monotonic(), "beat": 0.0, "gc": time.monotonic(), "state": time.monotonic(), "dog": 0.0}
-        while not self.stopping.is_set():
-            self.wake.wait(self.poll_interval)
-            self.wake.clear()
-            if self.stopping.is_set():
-                break
-            now = time.monotonic()
-            try:
-                if self.reload_requested.is_set():
-                    self.reload_requested.clear()
-                    if hasattr(self.source, "fetch"):
-                        self.source.fetch()
-                    self.reload("SIGHUP")
-                elif self.source.poll():
-                    self.reload(f"policy changed at {self.source.description}")
-                self._refresh_due()
-                if now - last["check"] >= self.check_interval:
-                    last["check"] = now
-                    self.repair_if_needed()
-                if now - last["gc"] >= 5.0:
-                    last["gc"] = now
-                    with self.enforcer.lock:
-                        self.counters["ips_expired"] += len(self.enforcer.cache.gc())
-                # explain reads learned names from state.json: write it soon after a change, less
-                # often when the cache is large (it is written whole)
-                state_every = 1.0 if len(self.enforcer.cache) < 1000 else 10.0
-                if now - last["state"] >= state_every and self.enforcer.cache.version != self.enforcer._saved_version:
-                    last["state"] = now
-                    self.enforcer.save_state()
-            except BackendError as exc:
-                log.error("%s", exc)
-            if now - last["beat"] >= 2.0:
-                last["beat"] = now
-                self.heartbeat()
-                sdnotify.notify(f"STATUS=enforcing policy {self.enforcer.policy.digest}; {self.enforcer.counters['ips_added']} addresses learned")
-            if watchdog and now - last["dog"] >= watchdog:
-                last["dog"] = now
-                sdnotify.notify("WATCHDOG=1")
+        guard = StallGuard(self.stall_limit, self._main_loop_stalled)
+        guard.start()
+        try:
+            while not self.stopping.is_set():
+                guard.beat()
+                self.wake.wait(self.poll_interval)
+                self.wake.clear()
+                if self.stopping.is_set():
+                    break
+                now = time.monotonic()
+                try:
+                    self._one_pass(now, last)
+                except Exception as exc:  # counted and logged; the next pass tries again
+                    self.counters.inc("loop_errors")
+                    self._complaints.exception("loop", "controller loop error (%s: %s); the ruleset stays in force, retrying",
+                                               type(exc).__name__, exc)
+                self._write_files(now, last)
+                problems = [p for p in (w.problem(self.stall_limit) for w in self.workers()) if p]
+                if problems:
+                    log.critical("%s; exiting so that the service manager restarts ramfw (the ruleset stays in force)",
+                                 "; ".join(problems), extra=fields(event="thread_failed"))
+                    self.exit_status = 1
+                    break
+                if now - last["dog"] >= 2.0:
+                    sdnotify.notify(f"STATUS=enforcing policy {self.enforcer.policy.digest}; "
+                                    f"{self.enforcer.counters['ips_added']} addresses learned")
+                if watchdog and now - last["dog"] >= watchdog:
+                    last["dog"] = now
+                    sdnotify.notify("WATCHDOG=1")
+        finally:
+            guard.stop()
         sdnotify.notify("STOPPING=1")
-        self.shutdown()
+        if self.exit_status:
+            # a stuck thread may never let go: shut down on the side, and leave after 5 s anyway
+            closer = threading.Thread(target=self.shutdown, name="shutdown", daemon=True)
+            closer.start()
+            closer.join(5.0)
+        else:
+            self.shutdown()
+        return self.exit_status
+
+    def _main_loop_stalled(self, idle: float) -> None:
+        log.critical("the controller's main loop made no progress for %.0f s; exiting so that the service manager "
+                     "restarts ramfw (the ruleset stays in force)", idle, extra=fields(event="thread_failed"))
+        logging.shutdown()
+        os._exit(1)
 
     def shutdown(self) -> None:
         from . import state as state_file
@@ -403,5 +466,8 @@ class Controller:
             teardown(self.netns_name)
             log.info("stopped; ruleset removed (--cleanup)")
         else:
-            state_file.write_state(self.netns_name, {"pid": None, "stopped_at": time.time(), "xtables_created_tables": self.xt_created}, name="controller.json")
+            try:
+                state_file.write_state(self.netns_name, {"pid": None, "stopped_at": time.time(), "xtables_created_tables": self.xt_created}, name="controller.json")
+            except OSError as exc:
+                log.error("cannot record the stop in the state files: %s", exc.strerror or exc)
             log.info("stopped; the ruleset stays in force (fail closed); 'ramfw down' removes it")

@@ -2,6 +2,22 @@
 
 `Enforcer` resolves, plans, applies and learns. `ramfw up` uses it once; the controller
 (`ramfw run`) keeps it current.
+
+Who may touch what (the controller's concurrency model, see controller.py):
+
+- `cache` locks itself; any thread may call it.
+- `counters` lock themselves.
+- `policy`, `desired` and `snoop_mode` are replaced only by commit(), under `kernel_lock`, as
+  one generation; readers take the references they need (attribute reads are atomic) and
+  never mutate them.
+- `kernel_lock` serialises writes to ramfw's kernel objects: element batches (snooper,
+  resolver) and whole-ruleset transactions (start, reload, repair). It is held across the kernel
+  transaction and the planning right before it, and across nothing else: resolution, the
+  conntrack dump, state files and HTTP all happen outside it. Serialising the two kinds of
+  write is what keeps a snooped address from being wiped by a transaction planned an instant
+  before it was learned.
+- `pending` (elements learned but not yet programmed) has its own small lock; flush() takes
+  the batch under it and programs it under `kernel_lock`.
 """
 
 from __future__ import annotations
@@ -9,11 +25,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 
 from . import state as state_file
 from .backends.base import Backend
 from .backends.choose import retire_others
 from .conntrack import cut_connections
+from .counters import Counters
 from .dnscache import DnsCache
 from .errors import BackendError
 from .logs import fields
@@ -22,6 +40,23 @@ from .policy import Policy
 from .resolver import Resolver, read_nameservers
 
 log = logging.getLogger(__name__)
+
+# state.json lists at most this many learned names (the most recently answered): explain reads
+# them, and a 300k-name cache must not mean a file of tens of megabytes rewritten every 10 s
+STATE_NAMES_LIMIT = 5000
+
+ENFORCER_COUNTERS = ("applies", "ips_added", "connections_cut", "resolve_failures", "refused_answers",
+                     "pending_dropped")
+
+
+@dataclass
+class Staged:
+    """A policy ready to be committed: what resolving its names taught, not yet in the cache."""
+
+    policy: Policy
+    snoop_mode: str
+    learned: list[tuple[str, tuple[str, ...], list]] = field(default_factory=list)  # (name, chain, answers)
+    results: list = field(default_factory=list)  # resolver results, for the refresh schedule
 
 
 class Enforcer:
@@ -34,136 +69,250 @@ class Enforcer:
         self.policy: Policy | None = None
         self.desired: DesiredState | None = None
         self.snoop_mode = "off"
-        self.lock = threading.RLock()  # the snooper, the resolver and reloads share the cache
-        self.counters = {"applies": 0, "ips_added": 0, "connections_cut": 0, "resolve_failures": 0}
-        self.pending: dict[str, dict[str, Element]] = {}  # set -> ip -> element, for flush()
+        self.kernel_lock = threading.Lock()
+        self.counters = Counters(*ENFORCER_COUNTERS)
+        self._pending_lock = threading.Lock()
+        self.pending: dict[str, dict[str, tuple[str, Element]]] = {}  # set -> ip -> (name, element)
         self._saved_version = -1  # cache version last written to state.json
         self.last_apply_seconds = 0.0
 
     # ---- policy and resolution ---------------------------------------------------------------
 
-    def trusted_servers(self) -> tuple[str, ...]:
-        assert self.policy is not None
-        return tuple(self.policy.dns.servers) or tuple(read_nameservers(self.netns_name))
+    def trusted_servers(self, policy: Policy | None = None) -> tuple[str, ...]:
+        policy = policy or self.policy
+        assert policy is not None
+        return tuple(policy.dns.servers) or tuple(read_nameservers(self.netns_name))
 
     def set_policy(self, policy: Policy) -> None:
-        with self.lock:
-            self.policy = policy
-            self.cache.configure(policy.dns.min_ttl, policy.dns.grace, policy.dns.max_ips_per_name)
-            # Names the new policy neither allows nor blocks teach us nothing any more.
-            self.cache.drop_names(lambda n: policy.classify(n)[0] != "unlisted")
+        """Adopt a policy directly (`ramfw up`, the controller's first start)."""
+        self.policy = policy
+        self._configure_cache(policy)
+
+    def _configure_cache(self, policy: Policy) -> None:
+        dns = policy.dns
+        self.cache.configure(dns.min_ttl, dns.grace, dns.max_ips_per_name, getattr(dns, "max_addresses", None))
+        # Names the new policy neither allows nor blocks teach us nothing any more.
+        self.cache.drop_names(lambda n: policy.classify(n)[0] != "unlisted")
+
+    def resolve(self, policy: Policy) -> tuple[list, list[tuple[str, tuple[str, ...], list]]]:
+        """Look up every concrete name of `policy` (no lock held: this is network I/O).
+        Returns the resolver's results and what of them may be learned under that policy."""
+        names = list(dict.fromkeys(policy.concrete_names("allow") + policy.concrete_names("block")))
+        results = Resolver(self.netns_name, list(self.trusted_servers(policy))).resolve_all(names)
+        learned = []
+        for res in results:
+            if res.error:
+                self.counters.inc("resolve_failures")
+                known = self.cache.ips_for(res.name)
+                keep = "keeping the last good answer" if known else "nothing known for it yet"
+                log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep,
+                            extra=fields(event="resolve_failed", name=res.name))
+            elif res.answers:
+                name, _ = self.creditable(res.name, list(res.chain), policy)
+                if name is None and policy.classify(res.name)[0] == "blocked":
+                    name = res.name  # kept for conflicts and explain; never in an allowed set
+                if name is None:
+                    self.counters.inc("refused_answers")
+                    log.warning("%s resolves through a blocked name (%s); its addresses are not allowed",
+                                res.name, " -> ".join(res.chain), extra=fields(event="blocked_chain", name=res.name))
+                    continue
+                learned.append((name, tuple(res.chain), list(res.answers)))
+        return results, learned
 
     def resolve_policy_names(self) -> list:
-        """Look up every concrete name of the policy (allowed and blocked) and learn the answers."""
+        """Resolve the current policy's names and learn the answers at once (`ramfw up`)."""
         assert self.policy is not None
-        names = list(dict.fromkeys(self.policy.concrete_names("allow") + self.policy.concrete_names("block")))
-        resolver = Resolver(self.netns_name, list(self.trusted_servers()))
-        results = resolver.resolve_all(names)
-        with self.lock:
-            for res in results:
-                if res.error:
-                    self.counters["resolve_failures"] += 1
-                    known = self.cache.ips_for(res.name)
-                    keep = "keeping the last good answer" if known else "nothing known for it yet"
-                    log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep,
-                                extra=fields(event="resolve_failed", name=res.name))
-                elif res.answers:
-                    name, outcome = self.creditable(res.name, list(res.chain))
-                    if name is None and self.policy.classify(res.name)[0] == "blocked":
-                        name = res.name  # kept for conflicts and explain; never in an allowed set
-                    if name is None:
-                        self.counters["refused_answers"] = self.counters.get("refused_answers", 0) + 1
-                        log.warning("%s resolves through a blocked name (%s); its addresses are not allowed",
-                                    res.name, " -> ".join(res.chain), extra=fields(event="blocked_chain", name=res.name))
-                        continue
-                    self.counters["ips_added"] += len(self.cache.add(name, res.answers, via=res.chain, source="resolver"))
+        results, learned = self.resolve(self.policy)
+        for name, chain, answers in learned:
+            self.counters.inc("ips_added", len(self.cache.add(name, answers, via=chain, source="resolver")))
         return results
+
+    def stage(self, policy: Policy, snoop_mode: str) -> Staged:
+        """The slow half of a reload, with no lock held: resolve the new policy's names."""
+        results, learned = self.resolve(policy)
+        return Staged(policy, snoop_mode, learned, results)
+
+    # ---- restoring what a previous run knew ----------------------------------------------------
+
+    def restore_from_state(self) -> int:
+        """Re-learn the names and addresses a previous run recorded (state.json), where this
+        policy still lists them, so a restart neither forgets snooped addresses nor cuts the
+        connections to them. Returns how many pairs came back."""
+        assert self.policy is not None
+        saved = state_file.read_state(self.netns_name)
+        remembered = saved.get("remembered")
+        if isinstance(remembered, dict):
+            for ip, names in remembered.items():
+                if isinstance(ip, str) and isinstance(names, list) and all(isinstance(n, str) for n in names):
+                    self.cache.recall(ip, names)
+        cache = saved.get("cache")
+        if not isinstance(cache, dict):
+            return 0
+        offset = time.time() - self.clock()  # state files hold wall-clock expiries
+        restored = 0
+        for name, ips in cache.items():
+            if not isinstance(name, str) or not isinstance(ips, dict) or self.policy.classify(name)[0] == "unlisted":
+                continue
+            try:
+                entries = [(str(ip), float(exp) - offset) for ip, exp in ips.items()]
+                restored += len(self.cache.restore(name, entries))
+            except (TypeError, ValueError):
+                continue  # a hostile or damaged entry costs only itself
+        if restored:
+            log.info("restored %d learned address(es) from the previous run", restored)
+        return restored
 
     # ---- applying ----------------------------------------------------------------------------
 
-    def plan(self) -> DesiredState:
-        assert self.policy is not None
-        with self.lock:
-            return plan(self.policy, self.cache.snapshot(), self.clock(), self.trusted_servers(), self.snoop_mode)
+    def plan(self, policy: Policy | None = None, snoop_mode: str | None = None, extra=None) -> DesiredState:
+        policy = policy or self.policy
+        assert policy is not None
+        snapshot = self.cache.snapshot()
+        now = self.clock()
+        for name, _chain, answers in extra or ():
+            ips = snapshot.setdefault(name, {})
+            for ip, ttl in answers:
+                ip = str(ip)
+                ips[ip] = max(ips.get(ip, 0.0), now + max(int(ttl), policy.dns.min_ttl) + policy.dns.grace)
+        return plan(policy, snapshot, now, self.trusted_servers(policy), snoop_mode or self.snoop_mode)
 
     def apply(self) -> DesiredState:
-        """Plan from the cache and install it; cut connections that lost their permission."""
-        with self.lock:
-            desired = self.plan()
-            before = self._enforced_sets()
+        """Plan from the cache and install it (start, `ramfw up`, repair)."""
+        assert self.policy is not None
+        return self.commit(Staged(self.policy, self.snoop_mode))
+
+    def commit(self, staged: Staged) -> DesiredState:
+        """Install `staged` in one kernel transaction; only once the kernel accepted it do the
+        policy, snoop mode and cache become the new ones (a refused apply leaves nothing learned
+        under the rejected policy). Then cut the connections the new policy refuses."""
+        old_policy, old_desired = self.policy, self.desired
+        before = self._enforced_sets()
+        with self.kernel_lock:
+            desired = self.plan(staged.policy, staged.snoop_mode, staged.learned)
             started = time.perf_counter()
             self.backend.apply(desired)  # raises BackendError; the old ruleset then stays
             self.last_apply_seconds = time.perf_counter() - started
-            if self.counters["applies"] == 0:
-                retire_others(self.netns_name, self.backend)
-            self.counters["applies"] += 1
-            self.desired = desired
-            self.counters["connections_cut"] += cut_connections(self.netns_name, self._lost(before, desired))
-            self.save_state()
-            return desired
+            self.policy, self.snoop_mode, self.desired = staged.policy, staged.snoop_mode, desired
+        first = self.counters["applies"] == 0
+        self.counters.inc("applies")
+        if staged.policy is not old_policy:
+            self._configure_cache(staged.policy)
+        for name, chain, answers in staged.learned:
+            self.counters.inc("ips_added", len(self.cache.add(name, answers, via=chain, source="resolver")))
+        if first:
+            retire_others(self.netns_name, self.backend)
+        policy_changed = old_desired is None or old_desired.policy_digest != desired.policy_digest or \
+            old_desired.mode != desired.mode
+        if old_desired is None and before.get("_digest") == desired.policy_digest:
+            policy_changed = False  # a restart under the same policy removed nothing
+        self.counters.inc("connections_cut", cut_connections(self.netns_name, self._to_cut(before, desired, policy_changed)))
+        self.save_state()
+        return desired
 
-    def _enforced_sets(self) -> dict[str, set[str]]:
+    def _enforced_sets(self) -> dict:
         if self.desired is not None:
             return {name: {e.ip for e in elems} for name, elems in self.desired.sets.items()}
         try:
             kernel = self.backend.read_state()
         except BackendError:
             return {}
-        return {name: set(elems) for name, elems in kernel.sets.items()} if kernel.installed else {}
+        if not kernel.installed:
+            return {}
+        sets = {name: set(elems) for name, elems in kernel.sets.items()}
+        sets["_digest"] = kernel.meta.get("policy") or kernel.meta.get("digest")
+        return sets
 
-    @staticmethod
-    def _lost(before: dict[str, set[str]], desired: DesiredState) -> set[str]:
-        """IPs whose connections must be cut: no longer allowed, or newly blocked."""
+    def _to_cut(self, before: dict, desired: DesiredState, policy_changed: bool) -> set[str]:
+        """Which destinations lose their live connections: those whose names the new policy
+        refuses. An address that merely aged out of the cache keeps its connections while any
+        name it was credited to is still allowed (a long pull from a short-TTL CDN address
+        survives a reload); an address whose names are unknown is cut only when the policy
+        itself changed and the address is no longer allowed. Only addresses ramfw enforced
+        before are candidates, so an unchanged policy never costs a conntrack dump."""
+        policy = self.policy
         after = {name: {e.ip for e in elems} for name, elems in desired.sets.items()}
-        was_allowed = before.get("allow4", set()) | before.get("allow6", set())
         now_allowed = after.get("allow4", set()) | after.get("allow6", set())
-        lost = was_allowed - now_allowed if "allow4" in after else set()
         now_blocked = after.get("block4", set()) | after.get("block6", set())
-        lost |= now_blocked - (before.get("block4", set()) | before.get("block6", set()))
-        if desired.mode == "allowlist" and "allow4" not in before and before:
-            # switching from denylist to allowlist: every connection not to an allowed IP
-            lost |= set().union(*before.values()) - now_allowed
-        return lost
+        was_allowed = before.get("allow4", set()) | before.get("allow6", set())
+        was_blocked = before.get("block4", set()) | before.get("block6", set())
+        cut = now_blocked - was_blocked
+        if desired.mode != "allowlist":
+            return cut
+        candidates = was_allowed - now_allowed
+        if "allow4" not in before:  # switching from denylist to allowlist
+            candidates |= was_blocked - now_allowed
+        if policy_changed:
+            # addresses that left the sets long ago may still carry live connections: those
+            # whose every remembered name the new policy refuses go too
+            candidates |= {ip for ip, names in self.cache.remembered().items()
+                           if ip not in now_allowed and not any(policy.classify(n)[0] == "allowed" for n in names)}
+        for ip in candidates:
+            names = self.cache.names_ever_for(ip)
+            if names:
+                if not any(policy.classify(n)[0] == "allowed" for n in names):
+                    cut.add(ip)
+            elif policy_changed:
+                cut.add(ip)
+        return cut
 
     def learn(self, name: str, answers, via: tuple[str, ...] = (), source: str = "snoop", defer: bool = False) -> int:
         """Credit DNS answers to `name` and program the kernel sets before returning (with
         defer: at the next flush(), so a batch of answers costs one transaction).
         Returns how many set elements were added or refreshed."""
-        assert self.policy is not None
-        with self.lock:
-            verdict, _ = self.policy.classify(name)
-            if verdict == "unlisted" or (verdict == "blocked" and self.policy.mode == "allowlist"):
-                return 0
-            changes = self.cache.add(name, answers, via=via, source=source)
-            if not changes:
-                return 0
-            kind = "allow" if verdict == "allowed" else "block"
-            now = self.clock()
+        policy = self.policy
+        assert policy is not None
+        verdict, _ = policy.classify(name)
+        if verdict == "unlisted" or (verdict == "blocked" and policy.mode == "allowlist"):
+            return 0
+        changes = self.cache.add(name, answers, via=via, source=source)
+        if not changes:
+            return 0
+        kind = "allow" if verdict == "allowed" else "block"
+        now = self.clock()
+        with self._pending_lock:
             for ch in changes:
                 timeout = max(MIN_ELEMENT_TIMEOUT, int(ch.expiry - now + 0.999))
-                self.pending.setdefault(f"{kind}{family_of(ch.ip)}", {})[ch.ip] = Element(ch.ip, timeout)
-            self.counters["ips_added"] += len(changes)
-            if not defer:
-                self.flush()
-            return len(changes)
+                self.pending.setdefault(f"{kind}{family_of(ch.ip)}", {})[ch.ip] = (name, Element(ch.ip, timeout))
+        self.counters.inc("ips_added", len(changes))
+        if not defer:
+            self.flush()
+        return len(changes)
 
     def flush(self) -> None:
-        """Program every pending element in one transaction."""
-        with self.lock:
+        """Program every pending element in one transaction. Elements learned under a policy
+        that a reload has since replaced are checked against the policy now in force."""
+        with self._pending_lock:
             pending, self.pending = self.pending, {}
-            if pending:
-                self.backend.add_elements({name: list(elems.values()) for name, elems in pending.items()})
+        if not pending:
+            return
+        with self.kernel_lock:
+            policy = self.policy
+            mode_sets = ("allow4", "allow6") if policy.mode == "allowlist" else ("block4", "block6")
+            batch: dict[str, list[Element]] = {}
+            dropped = 0
+            for set_name, elems in pending.items():
+                for name, elem in elems.values():
+                    verdict = policy.classify(name)[0]
+                    if set_name in mode_sets and verdict == ("allowed" if set_name.startswith("allow") else "blocked"):
+                        batch.setdefault(set_name, []).append(elem)
+                    else:
+                        dropped += 1
+            if dropped:
+                self.counters.inc("pending_dropped", dropped)
+            if batch:
+                self.backend.add_elements(batch)
 
-    def creditable(self, qname: str, chain: list[str]) -> tuple[str | None, str]:
+    def creditable(self, qname: str, chain: list[str], policy: Policy | None = None) -> tuple[str | None, str]:
         """Which name an answer's addresses belong to, or None and why not.
 
         allowlist: the queried name must be allowed and no name of its CNAME chain blocked; the
         addresses are credited to the queried name. denylist: the first blocked name of the
         chain takes the addresses into the blocked sets.
         """
-        assert self.policy is not None
-        verdicts = [self.policy.classify(n)[0] for n in chain]
-        if self.policy.mode == "allowlist":
+        policy = policy or self.policy
+        assert policy is not None
+        verdicts = [policy.classify(n)[0] for n in chain]
+        if policy.mode == "allowlist":
             if verdicts[0] != "allowed":
                 return None, "not_listed"
             if "blocked" in verdicts:
@@ -184,36 +333,42 @@ class Enforcer:
     # ---- state for status / explain ----------------------------------------------------------
 
     def save_state(self, extra: dict | None = None) -> None:
-        """Write state.json. The cache is copied under the lock (the snooper waits for it) and
-        serialised after, so a large cache never holds DNS answers back for long."""
-        assert self.policy is not None and self.desired is not None
-        with self.lock:
-            offset = time.time() - self.clock()  # monotonic -> wall clock for readers
-            records = {name: self.cache.ips_for(name) for name in self.cache.names()}
-            self._saved_version = self.cache.version
+        """Write state.json: no lock of ours is held while it is serialised and written, and it
+        lists at most STATE_NAMES_LIMIT learned names (the most recently answered)."""
+        policy, desired = self.policy, self.desired
+        assert policy is not None and desired is not None
+        version = self.cache.version
+        offset = time.time() - self.clock()  # monotonic -> wall clock for readers
+        records = self.cache.recent(STATE_NAMES_LIMIT)
+        stats = self.cache.stats()
         cache = {name: {ip: round(rec.expiry + offset, 1) for ip, rec in ips.items()} for name, ips in records.items()}
         vias = {name: sorted({" -> ".join(rec.via) for rec in ips.values() if len(rec.via) > 1}) for name, ips in records.items()}
         data = state_file.read_state(self.netns_name)
         data.update(
             {
-                "policy_source": self.policy.source,
-                "policy_digest": self.policy.digest,
-                "mode": self.policy.mode,
+                "policy_source": policy.source,
+                "policy_digest": policy.digest,
+                "mode": policy.mode,
                 "backend": self.backend.name,
                 "backend_reason": self.backend_reason,
                 "snoop": self.snoop_mode,
-                "dns_servers": list(self.trusted_servers()),
+                "dns_servers": list(self.trusted_servers(policy)),
                 "applied_at": time.time(),
                 "apply_seconds": round(self.last_apply_seconds, 4),
                 "cache": cache,
+                "cache_stats": {**stats, "listed": len(cache)},
+                # which names addresses were credited to, beyond their expiry: a restarted
+                # controller cuts the right live connections when a reload removes a name
+                "remembered": {ip: sorted(names) for ip, names in self.cache.remembered(STATE_NAMES_LIMIT).items()},
                 "cname_chains": {k: v for k, v in vias.items() if v},
                 "conflicts": [
                     {"ip": c.ip, "allowed_names": list(c.allowed_names), "blocked_names": list(c.blocked_names)}
-                    for c in self.desired.conflicts
+                    for c in desired.conflicts
                 ],
-                "counters": dict(self.counters),
+                "counters": self.counters.snapshot(),
             }
         )
         if extra:
             data.update(extra)
         state_file.write_state(self.netns_name, data)
+        self._saved_version = version

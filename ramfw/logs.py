@@ -51,3 +51,45 @@ def configure(level: int | str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class RepeatedLog:
+    """A failure that repeats is summarised, not repeated: the first occurrence of each key is
+    logged; later ones within `every` seconds are counted and reported in one line when the
+    interval is over ("… (12 more times in the last 60 s)")."""
+
+    def __init__(self, logger: logging.Logger, every: float = 60.0, clock=None):
+        import threading
+        import time
+
+        self.logger = logger
+        self.every = every
+        self.clock = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}  # key -> (last logged at, suppressed since)
+
+    def _should_log(self, key: str) -> tuple[bool, int]:
+        now = self.clock()
+        with self._lock:
+            last, suppressed = self._seen.get(key, (None, 0))
+            if last is None or now - last >= self.every:
+                self._seen[key] = (now, 0)
+                if len(self._seen) > 1000:  # keys are few by design; never let them grow
+                    self._seen = {key: (now, 0)}
+                return True, suppressed
+            self._seen[key] = (last, suppressed + 1)
+            return False, 0
+
+    def _emit(self, level: int, key: str, msg: str, args, exc_info) -> None:
+        ok, suppressed = self._should_log(key)
+        if not ok:
+            return
+        if suppressed:
+            msg += f" ({suppressed} more time(s) in the last {self.every:.0f} s)"
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+
+    def error(self, key: str, msg: str, *args) -> None:
+        self._emit(logging.ERROR, key, msg, args, None)
+
+    def exception(self, key: str, msg: str, *args) -> None:
+        self._emit(logging.ERROR, key, msg, args, True)

@@ -71,7 +71,7 @@ class ControllerCollector:
         yield CounterMetricFamily("ramfw_ips_expired", "Learned addresses aged out of the DNS cache", value=ctl.counters["ips_expired"])
         blocked = CounterMetricFamily("ramfw_blocked_attempts", "Blocked connection attempts, by host name", labels=["host"])
         audit = getattr(ctl, "audit", None)
-        for host, count in sorted((audit.by_host if audit else {}).items()):
+        for host, count in sorted(dict(audit.by_host if audit else {}).items()):  # a copy: the audit thread adds keys
             blocked.add_metric([host], count)
         yield blocked
         yield CounterMetricFamily("ramfw_applies", "Rulesets applied", value=enf.counters["applies"])
@@ -85,7 +85,11 @@ class ControllerCollector:
         yield GaugeMetricFamily("ramfw_policy_age_seconds", "Seconds since the enforced policy was loaded", value=time.time() - ctl.policy_loaded_at)
         yield GaugeMetricFamily("ramfw_conflicts", "Addresses reached through both an allowed and a blocked name",
                                 value=len(enf.desired.conflicts) if enf.desired else 0)
-        yield GaugeMetricFamily("ramfw_dns_cache_addresses", "Addresses in the DNS cache", value=len(enf.cache))
+        cache = enf.cache.stats()
+        yield GaugeMetricFamily("ramfw_dns_cache_addresses", "Addresses in the DNS cache", value=cache["addresses"])
+        yield CounterMetricFamily("ramfw_dns_cache_evicted", "Cache entries forgotten to stay under dns.max_addresses",
+                                  value=cache["evicted"])
+        yield CounterMetricFamily("ramfw_loop_errors", "Errors in the controller's main loop (logged)", value=ctl.counters["loop_errors"])
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -144,13 +148,18 @@ class MetricsServer:
             host, port = self.where
             server_class = _TCP6HTTPServer if ":" in host else _TCPHTTPServer
             self.server = server_class((host, port), handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        from .threads import Worker
+
+        # serve_forever() calls service_actions() every poll: that is the thread's heartbeat
+        self.worker = Worker("metrics", self.server.serve_forever)
+        self.server.service_actions = self.worker.beat
 
     def start(self) -> None:
-        self.thread.start()
+        self.worker.start()
         log.info("metrics on %s", self.where if self.kind == "unix" else "http://%s:%d/metrics" % self.where)
 
     def stop(self) -> None:
+        self.worker.expected_exit.set()
         self.server.shutdown()
         self.server.server_close()
         if self.kind == "unix":

@@ -83,6 +83,7 @@ class DnsSettings:
     grace: int = 120
     max_ips_per_name: int = 1000
     snoop: str = "auto"
+    max_addresses: int = 20000  # (name, address) pairs the DNS cache remembers; bounds memory
 
 
 DEFAULT_INTERNAL_INTERFACES = ("docker0", "br-*")
@@ -131,6 +132,7 @@ class Policy:
                 "min_ttl": self.dns.min_ttl,
                 "grace": self.dns.grace,
                 "max_ips_per_name": self.dns.max_ips_per_name,
+                "max_addresses": self.dns.max_addresses,
                 "snoop": self.dns.snoop,
             },
             "scope": {
@@ -213,7 +215,7 @@ def parse_policy(text: str, source: str, fmt: str = "toml", catalog: Catalog | N
 
 class Validator:
     TOP_KEYS = {"mode", "allow", "block", "allow_broad", "dns", "scope", "network"}
-    DNS_KEYS = {"servers", "min_ttl", "grace", "max_ips_per_name", "snoop"}
+    DNS_KEYS = {"servers", "min_ttl", "grace", "max_ips_per_name", "max_addresses", "snoop"}
     SCOPE_KEYS = {"output", "forward", "cgroup", "internal_interfaces"}
     NETWORK_KEYS = {"allow_cidrs"}
 
@@ -312,6 +314,7 @@ class Validator:
             grace=self._int(dns_t, "grace", 120, 0, TTL_MAX, "dns.grace"),
             max_ips_per_name=self._int(dns_t, "max_ips_per_name", 1000, 1, 100000, "dns.max_ips_per_name"),
             snoop=self._choice(dns_t, "snoop", "auto", SNOOP_MODES, "dns.snoop"),
+            max_addresses=self._int(dns_t, "max_addresses", 20000, 100, 2000000, "dns.max_addresses"),
         )
 
         scope = ScopeSettings(

@@ -33,13 +33,17 @@ from .dnswire import (
     ip_text,
     parse_ip_packet,
     parse_message,
+    parse_query,
     resolve_chain,
 )
-from .nfnetlink import NfLog, NfQueue
+from .logs import RepeatedLog
+from .nfnetlink import NetlinkError, NfLog, NfQueue
 
 log = logging.getLogger(__name__)
 
 RECENT_LIMIT = 16384
+QUERY_BUDGET = 0.005  # seconds of query reading per pass before held answers are looked at
+HOLD_SECONDS = 1.0  # longest an answer waits for its question to be read (then: unsolicited)
 
 # credit(queried name, CNAME chain, [(ip, ttl)]) -> (elements programmed, outcome word)
 Credit = Callable[[str, list[str], list[tuple[object, int]]], tuple[int, str]]
@@ -56,6 +60,7 @@ COUNTERS = (
     "not_listed",  # answers for names the policy does not list (or, allowlist, blocks)
     "blocked_chain",  # allowed names whose CNAME chain passes through a blocked name
     "tcp_fallbacks",  # TCP answers that could not be reassembled: resolved actively instead
+    "answers_dropped",  # batches of held answers dropped because programming them failed
     "queue_overruns",
     "log_overruns",
     "errors",
@@ -132,6 +137,8 @@ class Snooper:
         self.recent: OrderedDict[str, str] = OrderedDict()
         self.set_trusted(trusted)
         self.queue: NfQueue | None = None
+        self.beat: Callable[[], None] = lambda: None  # the supervising Worker's heartbeat
+        self._complaints = RepeatedLog(log)
         self.answer_log: NfLog | None = None
         self.query_log: NfLog | None = None
 
@@ -145,7 +152,9 @@ class Snooper:
         with netns.entered(self.netns_name):
             self.query_log = NfLog(self.query_group)
             if self.mode == "queue":
-                self.queue = NfQueue(self.queue_num)
+                # fail_open=False: when the queue is full an answer is dropped (the client's
+                # resolver asks again), never released before its addresses are programmed
+                self.queue = NfQueue(self.queue_num, fail_open=False)
             else:
                 self.answer_log = NfLog(self.answer_group)
 
@@ -176,65 +185,72 @@ class Snooper:
                 self.query_streams.close(flow)
         for raw in raws:
             try:
-                msg = parse_message(raw)
+                query = parse_query(raw)  # header and question only: bounded work per query
             except MalformedPacket:
                 self.counters["malformed"] += 1
                 continue
-            if msg.is_response or msg.question is None:
+            if query is None:
                 continue
             self.counters["queries_seen"] += 1
-            self.tracker.asked((client, pkt.sport, server, msg.id), msg.question)
+            self.tracker.asked((client, pkt.sport, server, query[0]), query[1])
 
-    def on_answer(self, payload: bytes) -> None:
-        """Examine one answer packet and credit what it teaches. Never raises."""
+    def on_answer(self, payload: bytes, final: bool = True) -> str:
+        """Examine one answer packet and credit what it teaches. Never raises. Returns "retry"
+        (only when not `final`) for a UDP answer whose question has not been read yet: the
+        caller holds it and tries again once more queries are read."""
         try:
-            self._on_answer(payload)
+            return self._on_answer(payload, final)
         except Exception:  # a bug must not stop DNS: count it, log once per kind, release
             self.counters["errors"] += 1
             log.exception("unexpected error while snooping a DNS answer; packet released")
+            return "error"
 
-    def _on_answer(self, payload: bytes) -> None:
+    def _on_answer(self, payload: bytes, final: bool) -> str:
         try:
             pkt = parse_ip_packet(payload)
         except MalformedPacket:
             self.counters["malformed"] += 1
-            return
+            return "malformed"
         server, client = ip_text(pkt.src), ip_text(pkt.dst)
         if server not in self.trusted or pkt.sport != 53:
             self.counters["untrusted"] += 1
-            return
+            return "untrusted"
         if pkt.proto == PROTO_UDP:
-            raws = [pkt.payload]
-        else:
-            flow = (server, 53, client, pkt.dport)
-            gaps = self.answer_streams.gaps + self.answer_streams.overflows
-            raws = self.answer_streams.feed(flow, pkt.tcp_seq, pkt.payload)
-            if self.answer_streams.gaps + self.answer_streams.overflows != gaps:
-                self._fall_back(client, pkt.dport, server)
-            if pkt.tcp_flags & (TCP_FIN | TCP_RST):
-                self.answer_streams.close(flow)
-        for raw in raws:
-            self._on_message(raw, client, pkt.dport, server)
+            return self._on_message(pkt.payload, client, pkt.dport, server, final)
+        flow = (server, 53, client, pkt.dport)
+        gaps = self.answer_streams.gaps + self.answer_streams.overflows
+        raws = self.answer_streams.feed(flow, pkt.tcp_seq, pkt.payload)
+        if self.answer_streams.gaps + self.answer_streams.overflows != gaps:
+            self._fall_back(client, pkt.dport, server)
+        if pkt.tcp_flags & (TCP_FIN | TCP_RST):
+            self.answer_streams.close(flow)
+        for raw in raws:  # a TCP segment is fed once: never retried
+            self._on_message(raw, client, pkt.dport, server, True)
+        return "ok"
 
-    def _on_message(self, raw: bytes, client: str, port: int, server: str) -> None:
-        self.counters["answers_seen"] += 1
+    def _on_message(self, raw: bytes, client: str, port: int, server: str, final: bool = True) -> str:
         try:
             msg = parse_message(raw)
         except MalformedPacket:
+            self.counters["answers_seen"] += 1
             self.counters["malformed"] += 1
-            return
+            return "malformed"
         if not msg.is_response or msg.opcode != 0 or msg.qdcount != 1 or msg.question is None:
+            self.counters["answers_seen"] += 1
             self.counters["mismatched"] += 1
-            return
+            return "mismatched"
         outcome = self.tracker.take((client, port, server, msg.id), msg.question)
+        if outcome == "unsolicited" and not final:
+            return "retry"
+        self.counters["answers_seen"] += 1
         if outcome != "ok":
             self.counters[outcome] += 1
-            return
+            return outcome
         if msg.rcode != 0:
-            return
+            return "rcode"
         chain, addresses = resolve_chain(msg)
         if not addresses:
-            return
+            return "empty"
         addresses = [(ip_text(ip), ttl) for ip, ttl in addresses]
         self._remember(addresses, msg.question.name)
         programmed, outcome = self.credit(msg.question.name, chain, addresses)
@@ -243,6 +259,7 @@ class Snooper:
             self.counters["ips_programmed"] += programmed
         else:
             self.counters[outcome] += 1
+        return outcome
 
     def _remember(self, addresses, name: str) -> None:
         for ip, _ttl in addresses:
@@ -260,62 +277,98 @@ class Snooper:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def _drain_queries(self) -> None:
+    def _drain_queries(self, budget: float) -> bool:
+        """Read logged queries for at most `budget` seconds; True when none is left. A flood
+        of queries must not keep answers waiting: what is not read now is read next pass."""
         assert self.query_log is not None
+        deadline = time.monotonic() + budget
         while True:
             packets = self.query_log.receive(timeout=0)
             for p in packets:
                 self.on_query(p.payload)
             if not packets:
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def run(self, stop: threading.Event) -> None:
         """Serve until `stop` is set. A query's log message is queued in the kernel before the
-        query leaves, so it is on the socket before its answer can exist."""
+        query leaves, so it is on the socket before its answer can exist; when a flood of
+        queries is still being read, an answer whose question has not been read yet is held
+        (at most HOLD_SECONDS) rather than released unprogrammed."""
         sel = selectors.DefaultSelector()
         for sock in (self.query_log, self.queue, self.answer_log):
             if sock is not None:
                 sel.register(sock.fileno(), selectors.EVENT_READ)
         last_gc = time.monotonic()
+        held: list = []  # (queued packet, held since): answers waiting for their question
         try:
             while not stop.is_set():
-                queued = []
+                self.beat()
+                queued: list = []
                 try:
-                    sel.select(timeout=0.25)
+                    sel.select(timeout=0.01 if held else 0.25)
                     # Take the answers first, then read the queries: every query whose answer is in
                     # hand was logged before that answer existed, so it is on the socket by now.
                     queued = self.queue.receive(timeout=0) if self.queue is not None else []
                     logged = self.answer_log.receive(timeout=0) if self.answer_log is not None else []
-                    self._drain_queries()
-                    for p in queued + logged:
+                    all_read = self._drain_queries(QUERY_BUDGET)
+                    now = time.monotonic()
+                    release, still_held = [], []
+                    for p, since in held + [(p, now) for p in queued]:
+                        final = all_read or now - since >= HOLD_SECONDS
+                        if self.on_answer(p.payload, final) == "retry":
+                            still_held.append((p, since))
+                        else:
+                            release.append(p)
+                    for p in logged:
                         self.on_answer(p.payload)
-                    if queued or logged:
-                        self._flush()
-                    if queued:
-                        # every answer of the batch is examined and its addresses programmed: release
-                        # them all at once (ids are increasing; the batch verdict covers <= last id)
-                        self.queue.verdict_batch(queued[-1].packet_id, True)
+                    programmed = self._flush() if (release or logged) else True
+                    held = still_held
+                    if release:
+                        # every released answer is examined and its addresses programmed; if
+                        # programming failed the answers are dropped: the client asks again
+                        if held:
+                            for p in release:
+                                self.queue.verdict(p.packet_id, programmed)
+                        else:  # ids are increasing; the batch verdict covers <= last id
+                            self.queue.verdict_batch(max(p.packet_id for p in release), programmed)
                     self._sync_overruns()
                     if time.monotonic() - last_gc > 5:
                         self.tracker.gc()
                         last_gc = time.monotonic()
-                except Exception:  # the loop must outlive any one bad batch
+                except NetlinkError as exc:
                     self.counters["errors"] += 1
-                    log.exception("DNS snooping loop error; continuing")
-                    if queued:  # never leave answers held
-                        try:
-                            self.queue.verdict_batch(queued[-1].packet_id, True)
-                        except Exception:
-                            pass
+                    self._complaints.error("netlink", "DNS snooping: %s; continuing", exc)
+                    held = self._release_all(held, queued)
+                except Exception as exc:  # the loop must outlive any one bad batch
+                    self.counters["errors"] += 1
+                    self._complaints.exception("loop", "DNS snooping loop error (%s); continuing", exc)
+                    held = self._release_all(held, queued)
         finally:
             sel.close()
 
-    def _flush(self) -> None:
+    def _release_all(self, held: list, queued: list) -> list:
+        """After an error: never leave answers held (their addresses may be missing; the next
+        answer brings them)."""
+        ids = [p.packet_id for p, _ in held] + [p.packet_id for p in queued]
+        if ids and self.queue is not None:
+            try:
+                self.queue.verdict_batch(max(ids), True)
+            except Exception:
+                pass
+        return []
+
+    def _flush(self) -> bool:
         try:
             self.flush()
-        except Exception as exc:  # the answers still go out; the IPs come from the next answer
+            return True
+        except Exception as exc:  # the held answers are dropped; the repair restores the sets
             self.counters["errors"] += 1
-            log.error("programming snooped addresses failed: %s", exc)
+            self.counters["answers_dropped"] += 1
+            self._complaints.error("flush", "programming snooped addresses failed (%s); their answers were dropped, "
+                                   "clients will ask again", exc)
+            return False
 
     def _sync_overruns(self) -> None:
         if self.queue is not None:

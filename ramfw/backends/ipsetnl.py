@@ -98,6 +98,7 @@ class IpsetSocket:
         try:
             self.sock.bind((0, 0))
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            self.sock.settimeout(5.0)  # a kernel that never answers must not hang a thread
         except OSError:
             self.sock.close()
             raise
@@ -123,6 +124,8 @@ class IpsetSocket:
             while True:
                 try:
                     n = self.sock.recv_into(self.buf)
+                except TimeoutError:
+                    raise BackendError(f"ipset {what}: no answer from the kernel in 5 s") from None
                 except OSError as exc:
                     raise BackendError(f"ipset {what}: netlink receive failed: {exc.strerror or exc}") from None
                 for mtype, _f, mseq, s, e in iter_nlmsgs(self.buf, n):

@@ -52,6 +52,9 @@ def _udata_strings(buf, s: int, e: int, wanted: int) -> list[str]:
     return out
 
 
+NETLINK_TIMEOUT = 5.0
+
+
 class NftReader:
     """One netlink socket inside the namespace; each call is one request (or dump)."""
 
@@ -61,6 +64,7 @@ class NftReader:
         with netns.entered(netns_name):
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
         self.sock.bind((0, 0))
+        self.sock.settimeout(NETLINK_TIMEOUT)  # a kernel that never answers must not hang a thread
         self.seq = 0
         self.buf = bytearray(1 << 20)
 
@@ -80,7 +84,7 @@ class NftReader:
         self.sock.send(nfnl_msg_pack(NFNL_SUBSYS_NFTABLES, msg, self.family, 0, attrs, seq=self.seq, flags=flags))
         replies: list[bytes] = []
         while True:
-            n = self.sock.recv_into(self.buf)
+            n = self._recv()
             done = False
             for mtype, _flags, seq, s, e in iter_nlmsgs(self.buf, n):
                 if seq != self.seq:
@@ -101,6 +105,14 @@ class NftReader:
                         done = True
             if done:
                 return replies  # type: ignore[return-value]
+
+    def _recv(self) -> int:
+        try:
+            return self.sock.recv_into(self.buf)
+        except TimeoutError:
+            raise BackendError(f"nf_tables netlink: no answer from the kernel in {NETLINK_TIMEOUT:g} s") from None
+        except OSError as exc:
+            raise BackendError(f"nf_tables netlink receive failed: {exc.strerror or exc}") from None
 
     def _table_attr(self, kind: int) -> bytes:
         return nla_pack(kind, self.table.encode() + b"\0")
@@ -234,7 +246,7 @@ class NftElementWriter(NftReader):
         pending = set(range(first + 1, self.seq))
         error = None
         while pending:
-            n = self.sock.recv_into(self.buf)
+            n = self._recv()
             for mtype, _flags, seq, s, _e in iter_nlmsgs(self.buf, n):
                 if mtype == NLMSG_ERROR and seq in pending:
                     pending.discard(seq)

@@ -252,7 +252,7 @@ def write_atomic(path: Path, text: str) -> None:
 class Ctl:
     """One `ramfw run` process in the client namespace."""
 
-    def __init__(self, bed: Bed, policy_text: str, cleanup: bool = False, name: str = "ctl"):
+    def __init__(self, bed: Bed, policy_text: str, cleanup: bool = False, name: str = "ctl", extra: tuple = ()):
         self.bed = bed
         self.policy = bed.tmp / f"{name}-policy.toml"
         self.policy.write_text(policy_text)
@@ -264,6 +264,7 @@ class Ctl:
                 "--backend", bed.backend]
         if cleanup:
             argv.append("--cleanup")
+        argv += list(extra)
         self._err = open(self.stderr_path, "wb")
         # `ip netns exec`: even a controller that ignored --netns could only touch the client ns
         self.proc = subprocess.Popen(
