@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-DEFAULT_MAX_ADDRESSES = 20000
+DEFAULT_MAX_ADDRESSES = 10000
 
 
 @dataclass(slots=True)
@@ -73,8 +73,9 @@ class DnsCache:
         self._by_name: OrderedDict[str, dict[str, Learned]] = OrderedDict()
         self._by_ip: dict[str, set[str]] = {}
         self._pairs = 0  # sum of len(ips) over _by_name, kept current
-        # ip -> names it was credited to, outliving expiry; oldest first, bounded
-        self._memory: OrderedDict[str, frozenset[str]] = OrderedDict()
+        # ip -> names it was credited to, outliving expiry; oldest first, at most max_addresses
+        # (a tuple: almost always one name, and a tuple costs a quarter of a frozenset)
+        self._memory: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self.evicted = 0  # pairs dropped by the per-name or the total cap
         self.version = 0  # bumped by every change, so readers know when to look again
 
@@ -145,9 +146,11 @@ class DnsCache:
             self.version += 1
         return changes
 
-    def _remember(self, ip: str) -> None:
-        self._memory[ip] = frozenset(self._by_ip.get(ip, ())) | self._memory.pop(ip, frozenset())
-        while len(self._memory) > max(1024, 2 * self.max_addresses):
+    def _remember(self, ip: str, names=()) -> None:
+        old = self._memory.pop(ip, ())
+        merged = set(old) | set(names) | self._by_ip.get(ip, set())
+        self._memory[ip] = old if len(merged) == len(old) else tuple(sorted(merged))
+        while len(self._memory) > self.max_addresses:
             self._memory.popitem(last=False)
 
     def _enforce_name_cap(self, name: str, ips: dict[str, Learned], changes: list[Change]) -> None:
@@ -234,7 +237,7 @@ class DnsCache:
         """Every name this address was credited to that is still remembered, expired or not."""
         with self._lock:
             ip = str(ipaddress.ip_address(ip))
-            return frozenset(self._by_ip.get(ip, ())) | self._memory.get(ip, frozenset())
+            return frozenset(self._by_ip.get(ip, ())) | frozenset(self._memory.get(ip, ()))
 
     def remembered(self, limit: int | None = None) -> dict[str, frozenset[str]]:
         """ip -> names, for addresses remembered (the most recent `limit`), newest first."""
@@ -243,15 +246,13 @@ class DnsCache:
             for ip in reversed(self._memory):
                 if limit is not None and len(out) >= limit:
                     break
-                out[ip] = frozenset(self._by_ip.get(ip, ())) | self._memory[ip]
+                out[ip] = frozenset(self._by_ip.get(ip, ())) | frozenset(self._memory[ip])
             return out
 
     def recall(self, ip: str, names) -> None:
         """Remember that `ip` was credited to `names` (a previous run said so)."""
         with self._lock:
-            self._memory[ip] = frozenset(names) | self._memory.pop(ip, frozenset())
-            while len(self._memory) > max(1024, 2 * self.max_addresses):
-                self._memory.popitem(last=False)
+            self._remember(ip, names)
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """An immutable-by-copy view for the planner: name -> {ip: expiry}."""

@@ -22,6 +22,7 @@ Who may touch what (the controller's concurrency model, see controller.py):
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -47,6 +48,14 @@ STATE_NAMES_LIMIT = 5000
 
 ENFORCER_COUNTERS = ("applies", "ips_added", "connections_cut", "resolve_failures", "refused_answers",
                      "pending_dropped")
+
+
+def _is_ip(text) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -142,9 +151,9 @@ class Enforcer:
         saved = state_file.read_state(self.netns_name)
         remembered = saved.get("remembered")
         if isinstance(remembered, dict):
-            for ip, names in remembered.items():
-                if isinstance(ip, str) and isinstance(names, list) and all(isinstance(n, str) for n in names):
-                    self.cache.recall(ip, names)
+            for ip, names in list(remembered.items())[:STATE_NAMES_LIMIT]:
+                if isinstance(names, list) and all(isinstance(n, str) for n in names) and _is_ip(ip):
+                    self.cache.recall(str(ipaddress.ip_address(ip)), names)
         cache = saved.get("cache")
         if not isinstance(cache, dict):
             return 0
@@ -154,7 +163,7 @@ class Enforcer:
             if not isinstance(name, str) or not isinstance(ips, dict) or self.policy.classify(name)[0] == "unlisted":
                 continue
             try:
-                entries = [(str(ip), float(exp) - offset) for ip, exp in ips.items()]
+                entries = [(str(ipaddress.ip_address(ip)), float(exp) - offset) for ip, exp in ips.items()]
                 restored += len(self.cache.restore(name, entries))
             except (TypeError, ValueError):
                 continue  # a hostile or damaged entry costs only itself

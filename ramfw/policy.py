@@ -83,7 +83,7 @@ class DnsSettings:
     grace: int = 120
     max_ips_per_name: int = 1000
     snoop: str = "auto"
-    max_addresses: int = 20000  # (name, address) pairs the DNS cache remembers; bounds memory
+    max_addresses: int = 10000  # (name, address) pairs the DNS cache remembers; bounds memory
 
 
 DEFAULT_INTERNAL_INTERFACES = ("docker0", "br-*")
@@ -314,7 +314,7 @@ class Validator:
             grace=self._int(dns_t, "grace", 120, 0, TTL_MAX, "dns.grace"),
             max_ips_per_name=self._int(dns_t, "max_ips_per_name", 1000, 1, 100000, "dns.max_ips_per_name"),
             snoop=self._choice(dns_t, "snoop", "auto", SNOOP_MODES, "dns.snoop"),
-            max_addresses=self._int(dns_t, "max_addresses", 20000, 100, 2000000, "dns.max_addresses"),
+            max_addresses=self._int(dns_t, "max_addresses", 10000, 100, 2000000, "dns.max_addresses"),
         )
 
         scope = ScopeSettings(

@@ -41,7 +41,7 @@ from .nfnetlink import NetlinkError, NfLog, NfQueue
 
 log = logging.getLogger(__name__)
 
-RECENT_LIMIT = 16384
+RECENT_LIMIT = 8192
 QUERY_BUDGET = 0.005  # seconds of query reading per pass before held answers are looked at
 HOLD_SECONDS = 1.0  # longest an answer waits for its question to be read (then: unsolicited)
 

@@ -426,3 +426,27 @@ def test_injected_fault(monkeypatch):
     w.start()
     w.thread.join(5)
     assert "InjectedFault" in w.problem(10)
+
+
+def test_restart_restores_what_the_state_file_says_and_survives_junk(enforcer, monkeypatch):
+    """A restarted controller re-learns names and address memory from state.json (so it neither
+    drops snooped addresses nor forgets whose they were); damaged entries cost only themselves."""
+    import ramfw.enforcer as enforcer_mod
+
+    enf, clock = enforcer
+    wall = time.time()
+    saved = {
+        "cache": {
+            "a.reg.test": {"198.51.100.1": wall + 100},
+            "gone.reg.test": {"198.51.100.2": wall - 5},  # expired meanwhile
+            "x.other.test": {"198.51.100.3": wall + 100},  # not in this policy
+            "junk.reg.test": {"not an ip": wall + 100, "198.51.100.4": "soon"},
+            "list.reg.test": ["198.51.100.5"],
+        },
+        "remembered": {"198.51.100.9": ["old.reg.test"], "nonsense": ["x"], "198.51.100.10": "y"},
+    }
+    monkeypatch.setattr(enforcer_mod.state_file, "read_state", lambda *a, **k: saved)
+    assert enf.restore_from_state() == 1
+    assert set(enf.cache.ips_for("a.reg.test")) == {"198.51.100.1"}
+    assert enf.cache.ips_for("gone.reg.test") == {} and enf.cache.ips_for("x.other.test") == {}
+    assert enf.cache.names_ever_for("198.51.100.9") == {"old.reg.test"}
