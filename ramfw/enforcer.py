@@ -199,6 +199,7 @@ class Enforcer:
                 "policy_source": self.policy.source,
                 "policy_digest": self.policy.digest,
                 "mode": self.policy.mode,
+                "audit": self.policy.audit,
                 "backend": self.backend.name,
                 "backend_reason": self.backend_reason,
                 "snoop": self.snoop_mode,
