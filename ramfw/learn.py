@@ -58,7 +58,6 @@ def summarise(events: list[dict], policy: Policy, catalog: Catalog | None = None
             h["ports"].append(ev["dport"])
 
     groups: dict[str, dict] = {}
-    suggested: list[str] = []
     warnings: list[str] = []
     nameless: list[str] = []
     for key, h in sorted(hosts.items()):
@@ -93,23 +92,33 @@ def summarise(events: list[dict], policy: Policy, catalog: Catalog | None = None
         h["warning"] = warning
         if warning:
             warnings.append(warning)
-        if h["suggest"] and h["suggest"] not in suggested:
-            suggested.append(h["suggest"])
         group["hosts"].append(h)
 
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: (k == UNKNOWN, k))]
+    suggested = _suggestions(ordered, policy, catalog)
     allow_now = list(policy.allow)
     allow_new = allow_now + [s for s in suggested if s not in allow_now]
     return {
         "policy_digest": policy.digest,
         "policy_source": policy.source,
         "audit": policy.audit,
-        "groups": [groups[k] for k in sorted(groups, key=lambda k: (k == UNKNOWN, k))],
+        "groups": ordered,
         "suggested_entries": suggested,
         "allow": allow_new,
         "fragment": fragment(suggested, allow_new, warnings, nameless),
         "warnings": warnings,
         "addresses_without_name": nameless,
     }
+
+
+def _suggestions(groups: list[dict], policy: Policy, catalog: Catalog) -> list[str]:
+    """Registry entries first (in group order), then exact hosts no suggested entry covers."""
+    hosts = [h for g in groups for h in g["hosts"] if h.get("suggest")]
+    is_entry = lambda text: catalog.lookup(normalise_name(text)) is not None  # noqa: E731
+    entries = list(dict.fromkeys(h["suggest"] for h in hosts if is_entry(h["suggest"])))
+    covered = lambda host: any(_entry_covers(policy, e, host, catalog) for e in entries)  # noqa: E731
+    exact = [h["suggest"] for h in hosts if not is_entry(h["suggest"]) and not covered(h["host"])]
+    return list(dict.fromkeys(entries + exact))
 
 
 def _name_of(ev: dict) -> str | None:

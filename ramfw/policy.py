@@ -418,7 +418,7 @@ class Validator:
                 for host in expansion.left_out:
                     self.warnings.append(
                         f"{self.source}: {where}: {host} ({expansion.registry.name} blobs) left out because "
-                        "it is a broad wildcard; set allow_broad = true if pulls stall"
+                        "it is multi-tenant storage; set allow_broad = true if pulls stall"
                     )
                 continue
             if key == "allow":
