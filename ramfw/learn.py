@@ -96,7 +96,8 @@ def summarise(events: list[dict], policy: Policy, catalog: Catalog | None = None
 
     ordered = [groups[k] for k in sorted(groups, key=lambda k: (k == UNKNOWN, k))]
     suggested = _suggestions(ordered, policy, catalog)
-    allow_now = list(policy.allow)
+    # the entries as written (a port stays: `check` probes it)
+    allow_now = [f"{e}:{policy.ports[e]}" if e in policy.ports else e for e in policy.allow]
     allow_new = allow_now + [s for s in suggested if s not in allow_now]
     return {
         "policy_digest": policy.digest,
