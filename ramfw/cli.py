@@ -168,6 +168,8 @@ def check(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, as
     rows = check_mod.run_check(pol, netns, allowed, log_mode=kernel.meta.get("snoop") == "log")
     if not kernel.installed:
         log.warning("ramfw enforces nothing in this namespace: every refused expectation will be a mismatch")
+    elif kernel.meta.get("audit") == "1":
+        log.warning("ramfw runs in AUDIT mode here: nothing is refused, so every refused expectation will be a mismatch")
     _emit(check_mod.to_json(rows) if as_json else rows, as_json, check_mod.print_human)
     if check_mod.summary(rows)["mismatches"]:
         raise typer.Exit(EXIT_MISMATCH)

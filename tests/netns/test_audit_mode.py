@@ -119,6 +119,23 @@ def test_audit_lets_through_and_records_would_refuse(net, tmp_path, how):
         ctl.stop()
 
 
+def test_up_audit_refuses_nothing_and_status_says_so(net, tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    r = run_ramfw("up", "--netns", net.client, "--policy", str(policy), "--backend", net.backend, "--audit", check=0)
+    assert "audit (allowlist evaluated, nothing refused)" in r.stdout, r.stdout
+    assert run_ramfw("status", "--netns", net.client, check=0).stdout.startswith("AUDIT:")
+    assert net.connect(U4, 443).ok and net.connect(B4, 443).ok
+    counters = status_json(net.client)["counters"]
+    assert counters["refuse_output"]["packets"] >= 2, counters  # seen by the refuse chain, let through
+    check = run_ramfw("check", "--netns", net.client, "--policy", str(policy), check=3)
+    assert "AUDIT mode" in check.stderr, check.stderr
+    # the same policy without --audit, applied over it: refused again
+    run_ramfw("up", "--netns", net.client, "--policy", str(policy), "--backend", net.backend, check=0)
+    assert net.connect(U4, 443).error == "ECONNREFUSED"
+    assert not run_ramfw("status", "--netns", net.client, check=0).stdout.startswith("AUDIT")
+
+
 def test_learn_names_the_hosts_and_its_suggestion_enforces(net, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
