@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -91,6 +92,7 @@ class Enforcer:
         with self.lock:
             desired = self.plan()
             before = self._enforced_sets()
+            was_audit = self._enforced_audit()
             started = time.perf_counter()
             self.backend.apply(desired)  # raises BackendError; the old ruleset then stays
             self.last_apply_seconds = time.perf_counter() - started
@@ -98,7 +100,10 @@ class Enforcer:
                 retire_others(self.netns_name, self.backend)
             self.counters["applies"] += 1
             self.desired = desired
-            self.counters["connections_cut"] += cut_connections(self.netns_name, self._lost(before, desired))
+            lost = self._lost(before, desired)
+            if was_audit and not desired.audit:
+                lost |= self._admitted_only_by_audit(desired)
+            self.counters["connections_cut"] += cut_connections(self.netns_name, lost)
             self.save_state()
             return desired
 
@@ -110,6 +115,34 @@ class Enforcer:
         except BackendError:
             return {}
         return {name: set(elems) for name, elems in kernel.sets.items()} if kernel.installed else {}
+
+    def _enforced_audit(self) -> bool:
+        if self.desired is not None:
+            return self.desired.audit
+        try:
+            kernel = self.backend.read_state(with_elements=False)
+        except BackendError:
+            return False
+        return kernel.installed and kernel.meta.get("audit") == "1"
+
+    def _admitted_only_by_audit(self, desired: DesiredState) -> set[str]:
+        """Leaving audit mode: connections audit let through must not outlive it (established
+        traffic is accepted before any set lookup). Every tracked destination the new plan
+        would refuse is cut."""
+        from .conntrack import destinations
+
+        allowed = {e.ip for name in ("allow4", "allow6") for e in desired.sets.get(name, ())}
+        blocked = {e.ip for name in ("block4", "block6") for e in desired.sets.get(name, ())}
+        if desired.mode != "allowlist":
+            return destinations(self.netns_name) & blocked
+        keep = [ipaddress.ip_network(n) for n in (*self.policy.allow_cidrs, *desired.dns.servers4, *desired.dns.servers6)]
+        out = set()
+        for text in destinations(self.netns_name) - allowed:
+            ip = ipaddress.ip_address(text)
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast or any(ip in n for n in keep):
+                continue
+            out.add(text)
+        return out
 
     @staticmethod
     def _lost(before: dict[str, set[str]], desired: DesiredState) -> set[str]:

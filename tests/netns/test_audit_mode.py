@@ -136,6 +136,29 @@ def test_up_audit_refuses_nothing_and_status_says_so(net, tmp_path):
     assert not run_ramfw("status", "--netns", net.client, check=0).stdout.startswith("AUDIT")
 
 
+def test_leaving_audit_cuts_what_audit_let_through(net, tmp_path):
+    """Established traffic is accepted before any set lookup: a connection audit let through
+    must be cut when the policy starts enforcing, while an allowed one survives."""
+    from test_enforcement import EchoServer, open_conn
+
+    echo = EchoServer(net.inet, [A4, U4])
+    try:
+        policy = tmp_path / "policy.toml"
+        policy.write_text(POLICY)
+        run_ramfw("up", "--netns", net.client, "--policy", str(policy), "--backend", net.backend, "--audit", check=0)
+        keep, cut = open_conn(net.client, A4), open_conn(net.client, U4)
+        run_ramfw("up", "--netns", net.client, "--policy", str(policy), "--backend", net.backend, check=0)
+        keep.sendall(b"after")
+        assert keep.recv(16) == b"after"
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            cut.sendall(b"after")
+            cut.recv(16)
+        keep.close()
+        cut.close()
+    finally:
+        echo.close()
+
+
 def test_learn_names_the_hosts_and_its_suggestion_enforces(net, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
