@@ -17,7 +17,7 @@ import json
 import typer
 
 from . import audit
-from .catalog import Catalog, default_catalog
+from .catalog import ROLE_BROAD, Catalog, default_catalog
 from .names import NameError_, normalise_name
 from .policy import MULTI_TENANT_APEXES, SHARED_HOSTS, Policy
 
@@ -36,63 +36,19 @@ def multi_tenant_warning(host: str) -> str | None:
 
 def summarise(events: list[dict], policy: Policy, catalog: Catalog | None = None) -> dict:
     catalog = catalog or default_catalog()
-    hosts: dict[str, dict] = {}  # host (or "ip:<addr>" for nameless events) -> summary
-    for ev in events:
-        action = ev.get("action", audit.REFUSED)
-        if action not in (audit.REFUSED, audit.WOULD_REFUSE):
-            continue
-        name = _name_of(ev)
-        if name is not None and policy.classify(name)[0] == "allowed":
-            continue  # the policy in force allows it now (learn's advice was taken)
-        key = name or f"ip:{ev.get('dst')}"
-        h = hosts.get(key)
-        if h is None:
-            h = hosts[key] = {"host": name, "addresses": [], "ports": [], "attempts": 0, "actions": {},
-                              "first": ev.get("time"), "last": ev.get("time")}
-        h["attempts"] += 1
-        h["actions"][action] = h["actions"].get(action, 0) + 1
-        h["last"] = ev.get("time") or h["last"]
-        if ev.get("dst") and ev["dst"] not in h["addresses"]:
-            h["addresses"].append(ev["dst"])
-        if ev.get("dport") is not None and ev["dport"] not in h["ports"]:
-            h["ports"].append(ev["dport"])
-
     groups: dict[str, dict] = {}
     warnings: list[str] = []
     nameless: list[str] = []
-    for key, h in sorted(hosts.items()):
-        host = h["host"]
-        if host is None:
+    for h in _collect(events, policy):
+        if h["host"] is None:
             nameless += h["addresses"]
             h.update(registry=UNKNOWN, suggest=None, warning=None)
-            groups.setdefault(UNKNOWN, {"registry": UNKNOWN, "entry": None, "hosts": []})["hosts"].append(h)
-            continue
-        owner = catalog.owner_of(host)
-        warning = multi_tenant_warning(host)
-        if owner is not None:
-            reg, role, values = owner
-            entry = catalog.entry_for(reg, values)
-            h.update(registry=reg.name, role=role)
-            if entry is not None and policy.classify(normalise_name(entry))[0] == "blocked":
-                h["suggest"] = None
-                warning = f"{host} belongs to {reg.name}, which the policy blocks: learn suggests nothing for it"
-            elif entry is not None and _entry_covers(policy, entry, host, catalog):
-                h["suggest"] = entry
-            else:
-                # a broad host needs allow_broad, or the entry is already there: the exact host
-                h["suggest"] = host
-                if role == "broad blob host":
-                    warning = warning or f"{host} is one of {reg.name}'s broad blob hosts (expanded only with allow_broad = true)"
-            group = groups.setdefault(reg.name, {"registry": reg.name, "entry": entry, "hosts": []})
+            registry, entry = UNKNOWN, None
         else:
-            h.update(registry=UNKNOWN, suggest=None if policy.classify(host)[0] == "blocked" else host)
-            if h["suggest"] is None:
-                warning = f"{host} is blocked by the policy: learn suggests nothing for it"
-            group = groups.setdefault(UNKNOWN, {"registry": UNKNOWN, "entry": None, "hosts": []})
-        h["warning"] = warning
-        if warning:
-            warnings.append(warning)
-        group["hosts"].append(h)
+            registry, entry = _place(h, policy, catalog)
+        if h["warning"]:
+            warnings.append(h["warning"])
+        groups.setdefault(registry, {"registry": registry, "entry": entry, "hosts": []})["hosts"].append(h)
 
     ordered = [groups[k] for k in sorted(groups, key=lambda k: (k == UNKNOWN, k))]
     suggested = _suggestions(ordered, policy, catalog)
@@ -110,6 +66,56 @@ def summarise(events: list[dict], policy: Policy, catalog: Catalog | None = None
         "warnings": warnings,
         "addresses_without_name": nameless,
     }
+
+
+def _collect(events: list[dict], policy: Policy) -> list[dict]:
+    """One summary per host name (or per address when no name was seen), sorted, leaving out
+    hosts the policy in force allows (learn's advice already taken)."""
+    hosts: dict[str, dict] = {}
+    for ev in events:
+        action = ev.get("action", audit.REFUSED)
+        if action not in (audit.REFUSED, audit.WOULD_REFUSE):
+            continue
+        name = _name_of(ev)
+        if name is not None and policy.classify(name)[0] == "allowed":
+            continue
+        h = hosts.setdefault(name or f"ip:{ev.get('dst')}", {
+            "host": name, "addresses": [], "ports": [], "attempts": 0, "actions": {}, "first": ev.get("time"), "last": None})
+        h["attempts"] += 1
+        h["actions"][action] = h["actions"].get(action, 0) + 1
+        h["last"] = ev.get("time") or h["last"]
+        if ev.get("dst") and ev["dst"] not in h["addresses"]:
+            h["addresses"].append(ev["dst"])
+        if ev.get("dport") is not None and ev["dport"] not in h["ports"]:
+            h["ports"].append(ev["dport"])
+    return [hosts[k] for k in sorted(hosts)]
+
+
+def _place(h: dict, policy: Policy, catalog: Catalog) -> tuple[str, str | None]:
+    """Fill in a named host's registry, suggestion and warning; return its group and entry."""
+    host = h["host"]
+    warning = multi_tenant_warning(host)
+    owner = catalog.owner_of(host)
+    if owner is None:
+        blocked = policy.classify(host)[0] == "blocked"
+        h.update(registry=UNKNOWN, suggest=None if blocked else host,
+                 warning=f"{host} is blocked by the policy: learn suggests nothing for it" if blocked else warning)
+        return UNKNOWN, None
+    reg, role, values = owner
+    entry = catalog.entry_for(reg, values)
+    h.update(registry=reg.name, role=role)
+    if entry is not None and policy.classify(normalise_name(entry))[0] == "blocked":
+        h["suggest"] = None
+        warning = f"{host} belongs to {reg.name}, which the policy blocks: learn suggests nothing for it"
+    elif entry is not None and _entry_covers(policy, entry, host, catalog):
+        h["suggest"] = entry
+    else:
+        # a broad host needs allow_broad, or the account is unknown: the exact host
+        h["suggest"] = host
+        if role == ROLE_BROAD:
+            warning = warning or f"{host} is one of {reg.name}'s broad blob hosts (expanded only with allow_broad = true)"
+    h["warning"] = warning
+    return reg.name, entry
 
 
 def _suggestions(groups: list[dict], policy: Policy, catalog: Catalog) -> list[str]:
