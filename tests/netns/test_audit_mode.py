@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from ramfw.policy import parse_policy  # noqa: E402
 from runcli import Controller, run_ramfw  # noqa: E402
 from test_service import metric, scrape_unix  # noqa: E402
 
@@ -159,6 +160,28 @@ def test_leaving_audit_cuts_what_audit_let_through(net, tmp_path):
         echo.close()
 
 
+@pytest.mark.parametrize("forward", [False, True])
+def test_the_invariant_check_accepts_the_audit_ruleset_and_sees_a_switch(net, forward):
+    """The controller repairs whatever its check flags: the audit ruleset must pass its own
+    backend's check (or it would be re-applied every 5 s), and a ruleset of the other mode must not."""
+    from ramfw.backends.choose import select_backend
+    from ramfw.plan import plan
+
+    text = POLICY + ("[scope]\nforward = true\n" if forward else "")
+    audit_plan = plan(parse_policy(text, "p").audited(), {}, 0.0, ("198.51.100.53",), "off")
+    enforcing_plan = plan(parse_policy(text, "p"), {}, 0.0, ("198.51.100.53",), "off")
+    backend, _ = select_backend(net.client, net.backend)
+    try:
+        backend.apply(audit_plan)
+        assert backend.check(audit_plan) == []
+        assert backend.check(enforcing_plan), "an audit ruleset passed the enforcing plan's check"
+        backend.apply(enforcing_plan)
+        assert backend.check(enforcing_plan) == []
+        assert backend.check(audit_plan)
+    finally:
+        backend.close()
+
+
 def test_learn_names_the_hosts_and_its_suggestion_enforces(net, tmp_path):
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
@@ -200,9 +223,10 @@ def test_learn_names_the_hosts_and_its_suggestion_enforces(net, tmp_path):
 def test_events_survive_a_torn_line_a_flood_and_a_loose_umask(net, tmp_path, state_dir):
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY)
+    sock = str(tmp_path / "metrics.sock")
     old_umask = os.umask(0)  # the controller inherits it: the events file must still not be world-readable
     try:
-        ctl = start(net, policy)
+        ctl = start(net, policy, "--metrics", f"unix:{sock}")
     finally:
         os.umask(old_umask)
     try:
@@ -239,6 +263,7 @@ def test_events_survive_a_torn_line_a_flood_and_a_loose_umask(net, tmp_path, sta
         st = wait_for(lambda: (s := status_json(net.client))["controller_counters"].get("events_dropped", 0) > 0 and s, timeout=6)
         assert st, status_json(net.client)
         assert st["controller_counters"]["events_dropped"] + flood >= 200
+        assert metric(scrape_unix(sock), "ramfw_events_dropped_total") >= st["controller_counters"]["events_dropped"]
     finally:
         ctl.stop()
 
