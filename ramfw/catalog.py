@@ -30,6 +30,14 @@ class Registry:
     shared_hosts: tuple[str, ...] = ()
     broad_hosts: tuple[str, ...] = ()
     note: str = ""
+    sources: tuple[str, ...] = ()  # vendor documentation (URLs) the hosts were checked against
+    checked: str = ""  # ISO date of that check
+    # hosts the registry's own documentation names (concrete, templates filled with `example`):
+    # tests assert a policy naming the registry allows each of them
+    examples: tuple[str, ...] = ()
+    example: str = ""  # for a template: a policy entry it selects (tests and explain use it)
+    entry_form: str = ""  # for a template: the policy entry, from placeholder values (learn suggests it)
+    generated_from: str = ""  # upstream file a host list was generated from, with its date
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,29 @@ class Catalog:
                 if m:
                     return reg, m.groupdict()
         return None
+
+    def owner_of(self, host: str) -> tuple[Registry, str, dict[str, str]] | None:
+        """The catalog registry whose pulls touch `host` (a normalised name), the role the host
+        plays, and template values; None when no entry lists it. Broad hosts count too: `learn`
+        must say a bucket host belongs to GitLab even when allow_broad keeps it out."""
+        for reg in self.registries:
+            for texts, role in ((reg.hosts, ROLE_API), (reg.blob_hosts, ROLE_BLOB), (reg.shared_hosts, ROLE_SHARED),
+                                (reg.broad_hosts, ROLE_BROAD)):
+                for text in texts:
+                    m = _host_regex(text).fullmatch(host)
+                    if m:
+                        return reg, role, m.groupdict()
+        return None
+
+    def entry_for(self, reg: Registry, values: dict[str, str]) -> str | None:
+        """The policy entry that names `reg` (its first select name, or its template filled);
+        None when the values needed to fill a template are unknown."""
+        if reg.select:
+            return reg.select[0]
+        try:
+            return reg.entry_form.format(**values) if reg.entry_form else None
+        except KeyError:
+            return None
 
     def expand(self, entry: str, name: str, allow_broad: bool) -> Expansion | None:
         found = self.lookup(name)
@@ -90,6 +121,28 @@ class Catalog:
         return Expansion(reg, entry, tuple(patterns), left_out, warnings)
 
 
+@functools.lru_cache(maxsize=4096)
+def _host_regex(text: str) -> re.Pattern:
+    """A catalog host (pattern or template) as a regex over a normalised name: `*.` one label,
+    `**.` one or more, `{placeholder}` one label or part of one (named group)."""
+    if text.startswith("**."):
+        head, text = r"(?:[^.]+\.)+", text[3:]
+    elif text.startswith("*."):
+        head, text = r"[^.]+\.", text[2:]
+    else:
+        head = ""
+    body, seen = [], set()
+    for i, part in enumerate(re.split(r"\{(\w+)\}", text)):
+        if i % 2 == 0:
+            body.append(re.escape(part))
+        elif part in seen:
+            body.append(f"(?P={part})")  # the same value wherever it appears
+        else:
+            seen.add(part)
+            body.append(f"(?P<{part}>[a-z0-9-]+)")
+    return re.compile(head + "".join(body))
+
+
 def _parse_registry(raw: dict) -> Registry:
     template = raw.get("template")
     reg = Registry(
@@ -102,9 +155,17 @@ def _parse_registry(raw: dict) -> Registry:
         shared_hosts=tuple(raw.get("shared_hosts", ())),
         broad_hosts=tuple(raw.get("broad_hosts", ())),
         note=raw.get("note", ""),
+        sources=tuple(raw.get("sources", ())),
+        checked=str(raw.get("checked", "")),
+        examples=tuple(raw.get("examples", ())),
+        example=raw.get("example", ""),
+        entry_form=raw.get("entry_form", ""),
+        generated_from=raw.get("generated_from", ""),
     )
     if not reg.select and reg.template is None:
         raise ValueError(f"catalog entry {reg.id}: needs select or template")
+    if reg.template is not None and not (reg.example and reg.template.match(reg.example)):
+        raise ValueError(f"catalog entry {reg.id}: a template needs an example entry it matches")
     return reg
 
 

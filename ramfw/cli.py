@@ -35,6 +35,7 @@ PolicyCaOpt = typer.Option(None, "--policy-ca", help="CA bundle to trust for an 
 NetnsOpt = typer.Option(None, "--netns", "-n", help="Network namespace name (under /var/run/netns). Default: the current namespace.")
 BackendOpt = typer.Option("auto", "--backend", "-b", help="auto | nft | iptables (auto: nftables where it works, else iptables + ipset)")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+AuditOpt = typer.Option(False, "--audit", help="Audit mode: run everything but refuse nothing; what the policy would refuse becomes a would_refuse event (see 'ramfw learn'). Same as mode = \"audit\" in the policy.")
 
 
 def _policy(path: Optional[str]):
@@ -70,7 +71,8 @@ def _root(
 
 
 @app.command()
-def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt, policy_ca: Optional[str] = PolicyCaOpt):
+def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backend: str = BackendOpt, policy_ca: Optional[str] = PolicyCaOpt,
+       audit: bool = AuditOpt):
     """Resolve the policy's names and apply the ruleset once, then exit; the rules stay."""
     from .backends.choose import select_backend
     from .enforcer import Enforcer
@@ -78,6 +80,8 @@ def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backe
 
     source = open_source(policy or os.environ.get("RAMFW_POLICY") or None, netns, policy_ca)
     pol = source.load().with_infrastructure(source.hosts(), "policy source")  # a bad policy stops here
+    if audit:
+        pol = pol.audited()
     _warn_policy(pol)
     chosen, reason = select_backend(netns, backend)
     log.info("backend %s: %s", chosen.name, reason)
@@ -87,7 +91,7 @@ def up(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, backe
     desired = enforcer.apply()
     unresolved = [r.name for r in results if r.missing]
     typer.echo(
-        f"ramfw: enforcing {pol.mode} policy {pol.digest} ({pol.source}) with {chosen.name}: "
+        f"ramfw: enforcing {pol.mode_label} policy {pol.digest} ({pol.source}) with {chosen.name}: "
         f"{desired.element_count()} addresses from {sum(1 for r in results if r.answers)} names"
         + (f"; {len(unresolved)} names do not resolve" if unresolved else "")
     )
@@ -103,6 +107,7 @@ def run(
     policy_ca: Optional[str] = PolicyCaOpt,
     policy_refresh: float = typer.Option(60.0, "--policy-refresh", min=1.0, help="Seconds between fetches of an https:// policy."),
     check_interval: float = typer.Option(5.0, "--check-interval", min=0.2, help="Seconds between checks that the ruleset is intact (repaired when not)."),
+    audit: bool = AuditOpt,
 ):
     """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
     from .controller import Controller
@@ -113,7 +118,7 @@ def run(
         parse_listen(metrics)  # a bad address is a usage error before anything is touched
     ctl = Controller(
         policy or os.environ.get("RAMFW_POLICY") or None, netns, backend,
-        cleanup=cleanup, metrics=metrics, policy_ca=policy_ca, policy_refresh=policy_refresh,
+        cleanup=cleanup, metrics=metrics, policy_ca=policy_ca, policy_refresh=policy_refresh, audit=audit,
         check_interval=check_interval,
     )
     ctl.start()  # a bad policy or an unusable backend fails here, before anything is touched
@@ -167,6 +172,8 @@ def check(policy: Optional[str] = PolicyOpt, netns: Optional[str] = NetnsOpt, as
     rows = check_mod.run_check(pol, netns, allowed, log_mode=kernel.meta.get("snoop") == "log")
     if not kernel.installed:
         log.warning("ramfw enforces nothing in this namespace: every refused expectation will be a mismatch")
+    elif kernel.meta.get("audit") == "1":
+        log.warning("ramfw runs in AUDIT mode here: nothing is refused, so every refused expectation will be a mismatch")
     _emit(check_mod.to_json(rows) if as_json else rows, as_json, check_mod.print_human)
     if check_mod.summary(rows)["mismatches"]:
         raise typer.Exit(EXIT_MISMATCH)
@@ -178,19 +185,23 @@ def events(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new events (JSON lines with --json)."),
     as_json: bool = JsonOpt,
 ):
-    """Show blocked attempts recorded by the controller: time, scope, destination, hostname."""
+    """Show refused attempts (and, in audit mode, would-be refusals) recorded by the controller: time, action, scope, destination, hostname."""
     from . import audit, status as status_mod, state as state_file
 
     def line(ev: dict) -> str:
         where = f"{ev['dst']}:{ev['dport']}" if ev.get("dport") is not None else ev["dst"]
         uid = f" uid={ev['uid']}" if ev.get("uid") is not None else ""
-        return f"{ev['time']}  {ev['scope']:<7}{uid}  {ev['proto']:<4} {ev['src']} -> {where}  {ev.get('hostname') or '-'}"
+        return (f"{ev['time']}  {ev.get('action', 'refused'):<12} {ev['scope']:<7}{uid}  {ev['proto']:<4} {ev['src']} -> {where}  "
+                f"{ev.get('hostname') or '-'}")
 
     if follow:
         for ev in audit.follow_events(netns):
             typer.echo(json.dumps(ev) if as_json else line(ev))
         return
-    evs = audit.read_events(netns)
+    found = audit.load_events(netns)
+    if found.torn:
+        log.warning("skipped %d unreadable line(s) in %s (torn or garbled); every other event is shown", found.torn, audit.events_path(netns))
+    evs = found.events
     if as_json:
         typer.echo(json.dumps(evs, indent=2))
         return
@@ -199,6 +210,22 @@ def events(
     if not evs:
         running = status_mod.controller_liveness(state_file.read_state(netns, "controller.json"))["running"]
         typer.echo("no blocked attempts recorded" + ("" if running else " (no controller is running here: 'ramfw run' records them; 'ramfw status' shows the refuse counters)"))
+
+
+@app.command()
+def learn(
+    netns: Optional[str] = NetnsOpt,
+    policy: Optional[str] = PolicyOpt,
+    as_json: bool = JsonOpt,
+):
+    """From audit-mode events: the hosts touched that the policy would refuse, by catalog registry, with a policy fragment to allow them."""
+    from . import learn as learn_mod, state as state_file
+    from .netns import require
+
+    require(netns)
+    pol = state_file.enforced_policy(state_file.read_state(netns), policy)
+    report = learn_mod.learn(netns, pol)
+    _emit(report, as_json, learn_mod.print_human)
 
 
 @app.command("dry-run")
@@ -217,7 +244,7 @@ def dry_run(policy: Optional[str] = PolicyOpt, backend: str = typer.Option("nft"
     servers = tuple(pol.dns.servers) or tuple(read_nameservers(None))
     desired = plan(pol, DnsCache().snapshot(), 0.0, servers, "off")
     names = pol.concrete_names("allow")
-    typer.echo(f"# policy {pol.digest} from {pol.source}: {pol.mode}")
+    typer.echo(f"# policy {pol.digest} from {pol.source}: {pol.mode_label}")
     typer.echo(f"# names resolved at apply time ({len(names)}): {', '.join(names)}")
     wild = [str(p) for p, _ in pol.allow_set.patterns if p.is_wildcard]
     if wild:

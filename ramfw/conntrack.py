@@ -41,3 +41,15 @@ def cut_connections(netns_name: str | None, ips) -> int:
     if cut:
         log.info("cut %d connection(s) to addresses no longer allowed", cut)
     return cut
+
+
+def destinations(netns_name: str | None) -> set[str]:
+    """The original destination of every tracked connection in the namespace."""
+    from pyroute2 import Conntrack
+
+    with netns.entered(netns_name):
+        ct = Conntrack()
+        try:
+            return {e.tuple_orig.daddr for e in ct.dump_entries() if e.tuple_orig is not None and e.tuple_orig.daddr}
+        finally:
+            ct.close()

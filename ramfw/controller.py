@@ -94,8 +94,10 @@ class Controller:
         metrics: str | None = None,
         policy_ca: str | None = None,
         policy_refresh: float = 60.0,
+        audit: bool = False,
     ):
         self.policy_path = policy_path
+        self.audit_mode = audit  # --audit: every policy loaded runs in audit mode
         self.policy_ca = policy_ca
         self.policy_refresh = policy_refresh
         self.source = None
@@ -163,12 +165,13 @@ class Controller:
             self.metrics.start()
         log.info(
             "enforcing %s policy %s (%s): %d addresses, snoop %s",
-            policy.mode, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
+            policy.mode_label, policy.digest, policy.source, self.enforcer.desired.element_count(), self.snoop_reason,
             extra=fields(event="started", policy=policy.digest, backend=backend.name, snoop=self.enforcer.snoop_mode),
         )
 
     def _load_policy(self):
-        return self.source.load().with_infrastructure(self.source.hosts(), "policy source")
+        policy = self.source.load().with_infrastructure(self.source.hosts(), "policy source")
+        return policy.audited() if self.audit_mode else policy
 
     def _xtqueue_needed(self) -> bool:
         enf = self.enforcer
@@ -303,7 +306,7 @@ class Controller:
                 self._install_xtqueue()
         self.counters.inc("reloads")
         self.policy_loaded_at = time.time()
-        log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode, policy.digest,
+        log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode_label, policy.digest,
                  extra=fields(event="reloaded", policy=policy.digest, mode=policy.mode, addresses=enf.desired.element_count(),
                               apply_seconds=round(enf.last_apply_seconds, 4)))
         return True
@@ -357,7 +360,7 @@ class Controller:
                 "counters": {
                     **self.enforcer.counters.snapshot(),
                     **self.counters.snapshot(),
-                    "blocked_attempts": self.audit.count if self.audit is not None else 0,
+                    **self._event_counters(),
                     "cache_names": cache["names"],
                     "cache_addresses": cache["addresses"],
                     "cache_evicted": cache["evicted"],
@@ -367,6 +370,15 @@ class Controller:
             },
             name="controller.json",
         )
+
+    def _event_counters(self) -> dict:
+        audit = getattr(self, "audit", None)
+        if audit is None:
+            return {"blocked_attempts": 0}
+        out = {"blocked_attempts": audit.counts["refused"], "events_dropped": audit.dropped}
+        if self.enforcer.policy.audit or audit.counts["would_refuse"]:
+            out["would_refuse_attempts"] = audit.counts["would_refuse"]
+        return out
 
     def _write_files(self, now: float, last: dict) -> None:
         """controller.json every 2 s, state.json at most every 2 s and only after a change. A

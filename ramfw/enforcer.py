@@ -196,6 +196,7 @@ class Enforcer:
         under the rejected policy). Then cut the connections the new policy refuses."""
         old_policy, old_desired = self.policy, self.desired
         before = self._enforced_sets()
+        was_audit = self._enforced_audit()
         with self.kernel_lock:
             desired = self.plan(staged.policy, staged.snoop_mode, staged.learned)
             started = time.perf_counter()
@@ -214,7 +215,10 @@ class Enforcer:
             old_desired.mode != desired.mode
         if old_desired is None and before.get("_digest") == desired.policy_digest:
             policy_changed = False  # a restart under the same policy removed nothing
-        self.counters.inc("connections_cut", cut_connections(self.netns_name, self._to_cut(before, desired, policy_changed)))
+        to_cut = self._to_cut(before, desired, policy_changed)
+        if was_audit and not desired.audit:
+            to_cut |= self._admitted_only_by_audit(desired)
+        self.counters.inc("connections_cut", cut_connections(self.netns_name, to_cut))
         self.save_state()
         return desired
 
@@ -230,6 +234,36 @@ class Enforcer:
         sets = {name: set(elems) for name, elems in kernel.sets.items()}
         sets["_digest"] = kernel.meta.get("policy") or kernel.meta.get("digest")
         return sets
+
+    def _enforced_audit(self) -> bool:
+        if self.desired is not None:
+            return self.desired.audit
+        try:
+            kernel = self.backend.read_state(with_elements=False)
+        except BackendError:
+            return False
+        return kernel.installed and kernel.meta.get("audit") == "1"
+
+    def _admitted_only_by_audit(self, desired: DesiredState) -> set[str]:
+        """Leaving audit mode: connections audit let through must not outlive it (established
+        traffic is accepted before any set lookup). Every tracked destination the new plan
+        would refuse is cut."""
+        from .conntrack import destinations
+
+        allowed = {e.ip for name in ("allow4", "allow6") for e in desired.sets.get(name, ())}
+        blocked = {e.ip for name in ("block4", "block6") for e in desired.sets.get(name, ())}
+        if desired.mode != "allowlist":
+            return destinations(self.netns_name) & blocked
+        keep = [ipaddress.ip_network(n) for n in (*self.policy.allow_cidrs, *desired.dns.servers4, *desired.dns.servers6)]
+        out = set()
+        for text in destinations(self.netns_name) - allowed:
+            ip = ipaddress.ip_address(text)
+            if ip.is_loopback or ip.is_link_local or ip.is_multicast or any(ip in n for n in keep):
+                continue
+            if any(self.policy.classify(n)[0] == "allowed" for n in self.cache.names_ever_for(text)):
+                continue  # an allowed name's address that aged out: not something audit let in
+            out.add(text)
+        return out
 
     def _to_cut(self, before: dict, desired: DesiredState, policy_changed: bool) -> set[str]:
         """Which destinations lose their live connections: those whose names the new policy
@@ -358,6 +392,7 @@ class Enforcer:
                 "policy_source": policy.source,
                 "policy_digest": policy.digest,
                 "mode": policy.mode,
+                "audit": policy.audit,
                 "backend": self.backend.name,
                 "backend_reason": self.backend_reason,
                 "snoop": self.snoop_mode,

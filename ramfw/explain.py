@@ -26,7 +26,7 @@ def explain(target: str, netns_name: str | None, policy_path: str | None = None)
     cache: dict[str, dict[str, float]] = saved.get("cache", {})
     sets = _kernel_sets(netns_name)
     out: dict = {"query": target, "policy_digest": policy.digest, "policy_source": policy.source, "mode": policy.mode,
-                 "enforcing": sets is not None}
+                 "audit": policy.audit, "enforcing": sets is not None}
     now = time.time()
     if is_ip_literal(target):
         ip = str(ipaddress.ip_address(target.strip("[]")))
@@ -80,7 +80,8 @@ def explain(target: str, netns_name: str | None, policy_path: str | None = None)
         reg, values = found
         exp = default_catalog().expand(target, name, policy.allow_broad)
         catalog = {"registry": reg.name, "hosts": [{"pattern": str(p), "role": role} for p, role in exp.patterns],
-                   "left_out": list(exp.left_out), "note": reg.note}
+                   "left_out": list(exp.left_out), "note": reg.note, "sources": list(reg.sources), "checked": reg.checked,
+                   "generated_from": reg.generated_from}
     learned = [{"ip": ip, "expires_in": round(exp_at - now)} for ip, exp_at in sorted(cache.get(name, {}).items())]
     chains = saved.get("cname_chains", {}).get(name, [])
     out.update({"kind": "host", "name": name, "verdict": effective, "policy_match": verdict, "reasons": reasons,
@@ -91,7 +92,8 @@ def explain(target: str, netns_name: str | None, policy_path: str | None = None)
 def print_human(d: dict) -> None:
     echo = typer.echo
     subject = d.get("ip") or d.get("name")
-    echo(f"{subject}: {d['verdict'].upper()}  (policy {d['policy_digest']}, {d['mode']}, {d['policy_source']})")
+    audit = " in AUDIT mode: let through and recorded as would_refuse" if d.get("audit") and d["verdict"] == "refused" else ""
+    echo(f"{subject}: {d['verdict'].upper()}{audit}  (policy {d['policy_digest']}, {d['mode']}, {d['policy_source']})")
     for r in d["reasons"]:
         echo(f"  - {r}")
     cat = d.get("catalog")
@@ -103,6 +105,9 @@ def print_human(d: dict) -> None:
             echo(f"      {h:<60} left out (broad; needs allow_broad = true)")
         if cat["note"]:
             echo(f"  note: {cat['note']}")
+        echo(f"  checked {cat['checked'] or 'never'} against: " + (", ".join(cat["sources"]) or "no sources recorded"))
+        if cat.get("generated_from"):
+            echo(f"  generated from: {cat['generated_from']}")
     if d.get("kind") == "host":
         if d["learned_ips"]:
             echo("  addresses learned: " + ", ".join(f"{x['ip']} (expires in {x['expires_in']}s)" for x in d["learned_ips"]))

@@ -70,10 +70,15 @@ class ControllerCollector:
         yield CounterMetricFamily("ramfw_ips_added", "Set elements added or refreshed", value=enf.counters["ips_added"])
         yield CounterMetricFamily("ramfw_ips_expired", "Learned addresses aged out of the DNS cache", value=ctl.counters["ips_expired"])
         blocked = CounterMetricFamily("ramfw_blocked_attempts", "Blocked connection attempts, by host name", labels=["host"])
+        would = CounterMetricFamily("ramfw_would_refuse_attempts", "Attempts audit mode let through but the policy would refuse, by host name", labels=["host"])
         audit = getattr(ctl, "audit", None)
-        for host, count in sorted(dict(audit.by_host if audit else {}).items()):  # a copy: the audit thread adds keys
-            blocked.add_metric([host], count)
+        for (action, host), count in sorted(dict(audit.by_host if audit else {}).items()):  # a copy: the audit thread adds keys
+            (would if action == "would_refuse" else blocked).add_metric([host], count)
         yield blocked
+        yield would
+        yield CounterMetricFamily("ramfw_events_dropped", "Refused-attempt events dropped by the per-source rate limit",
+                                  value=audit.dropped if audit else 0)
+        yield GaugeMetricFamily("ramfw_audit_mode", "1 when the policy runs in audit mode (nothing refused)", value=int(enf.policy.audit))
         yield CounterMetricFamily("ramfw_applies", "Rulesets applied", value=enf.counters["applies"])
         yield GaugeMetricFamily("ramfw_apply_duration_seconds", "Duration of the last apply", value=enf.last_apply_seconds)
         yield CounterMetricFamily("ramfw_reloads", "Policy reloads", value=ctl.counters["reloads"])

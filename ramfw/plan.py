@@ -19,6 +19,9 @@ DNS_LOG_GROUP = 3732  # NFLOG group for snooped DNS answers (log mode)
 DNS_QUEUE_NUM = 3733  # NFQUEUE number for held DNS answers (queue mode)
 DNS_QUERY_GROUP = 3734  # NFLOG group for DNS questions (answers count only for questions asked)
 AUDIT_PREFIX = {"output": "ramfw-block-out", "forward": "ramfw-block-fwd"}
+# Audit mode logs with its own prefixes: an event says by itself whether the packet was refused
+# or only would have been, even while a reload switches between the two.
+WOULD_REFUSE_PREFIX = {"output": "ramfw-audit-out", "forward": "ramfw-audit-fwd"}
 # Never shorter than a TCP connect with its SYN retransmits (1 s, then 3 s): in log mode the
 # first SYN to a just-learned address may be dropped, and the retry must still find it.
 MIN_ELEMENT_TIMEOUT = 5
@@ -64,7 +67,14 @@ class Rule:
 class ChainPlan:
     hook: str  # "output" or "forward"
     rules: tuple[Rule, ...]
-    final: str  # "reject" or "drop" for refused packets (drop in log mode so TCP retries)
+    # what happens to a packet the policy refuses: "reject", "drop" (log mode, so TCP retries),
+    # or "accept" (audit mode: logged as would_refuse and let through)
+    final: str
+
+    @property
+    def log_prefix(self) -> str:
+        """NFLOG prefix of the refuse chain (without the trailing space the backends add)."""
+        return (WOULD_REFUSE_PREFIX if self.final == "accept" else AUDIT_PREFIX)[self.hook]
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class DesiredState:
     chains: tuple[ChainPlan, ...]
     dns: DnsHook
     conflicts: tuple[Conflict, ...] = ()
+    audit: bool = False  # audit mode: refuse chains log and accept
     audit_group: int = AUDIT_LOG_GROUP
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ip -> names (for explain)
 
@@ -153,7 +164,7 @@ def plan(
 
     servers4, servers6 = split_families(dns_servers)
     cidrs4, cidrs6 = split_families(policy.allow_cidrs)
-    final = "drop" if snoop_mode == "log" else "reject"
+    final = "accept" if policy.audit else "drop" if snoop_mode == "log" else "reject"
     chains = []
     for hook, enabled in (("output", policy.scope.output), ("forward", policy.scope.forward)):
         if enabled:
@@ -168,6 +179,7 @@ def plan(
         chains=tuple(chains),
         dns=DnsHook(snoop_mode, servers4, servers6, hooks),
         conflicts=conflicts,
+        audit=policy.audit,
         names=names,
     )
 

@@ -19,7 +19,7 @@ from .catalog import Catalog, Expansion, default_catalog
 from .errors import PolicyError
 from .names import NameError_, Pattern, PatternSet
 
-MODES = ("allowlist", "denylist")
+MODES = ("allowlist", "denylist", "audit")  # "audit": allowlist semantics, nothing refused (see Policy.audit)
 SNOOP_MODES = ("auto", "queue", "log", "off")
 TTL_MAX = 86400
 DEFAULT_SOURCE = "<default policy>"
@@ -109,6 +109,7 @@ class Policy:
     scope: ScopeSettings
     allow_cidrs: tuple[str, ...]
     source: str
+    audit: bool = False  # the whole pipeline runs, but what would be refused is only reported
     expansions: tuple[Expansion, ...] = ()
     warnings: tuple[str, ...] = ()
     ports: dict = field(default_factory=dict, compare=False)  # name -> port written in an entry (check probes it)
@@ -122,7 +123,9 @@ class Policy:
         return hashlib.sha256(canon.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
+        # "audit" appears only when set, so the digests of enforcing policies stay what they were
         return {
+            **({"audit": True} if self.audit else {}),
             "mode": self.mode,
             "allow": list(self.allow),
             "block": list(self.block),
@@ -158,6 +161,16 @@ class Policy:
         if allowed:
             return "allowed", allowed
         return "unlisted", ()
+
+    @property
+    def mode_label(self) -> str:
+        """The mode as people should read it in messages."""
+        return f"audit ({self.mode} evaluated, nothing refused)" if self.audit else self.mode
+
+    def audited(self) -> "Policy":
+        """The same policy in audit mode (`--audit`): its digest differs from the enforcing one,
+        so status, events and repair never mistake one for the other."""
+        return self if self.audit else dataclasses.replace(self, audit=True)
 
     def with_infrastructure(self, hosts: list[str], why: str) -> "Policy":
         """A copy that also allows `hosts` (e.g. the policy server itself), which the policy's
@@ -284,6 +297,9 @@ class Validator:
     def build(self, data: dict) -> Policy:
         top = self._table(data, "", self.TOP_KEYS)
         mode = self._choice(top, "mode", "allowlist", MODES, "mode")
+        audit = mode == "audit"
+        if audit:
+            mode = "allowlist"
         allow_broad = self._bool(top, "allow_broad", False, "allow_broad")
         dns_t = self._table(top, "dns", self.DNS_KEYS)
         scope_t = self._table(top, "scope", self.SCOPE_KEYS)
@@ -349,6 +365,7 @@ class Validator:
             scope=scope,
             allow_cidrs=tuple(cidrs),
             source=self.source,
+            audit=audit,
             expansions=tuple(expansions),
             warnings=tuple(warnings),
             ports=dict(self.ports),
@@ -404,7 +421,7 @@ class Validator:
                 for host in expansion.left_out:
                     self.warnings.append(
                         f"{self.source}: {where}: {host} ({expansion.registry.name} blobs) left out because "
-                        "it is a broad wildcard; set allow_broad = true if pulls stall"
+                        "it is multi-tenant storage; set allow_broad = true if pulls stall"
                     )
                 continue
             if key == "allow":

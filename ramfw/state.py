@@ -68,12 +68,20 @@ def remove_state(netns_name: str | None) -> None:
 def enforced_policy(saved: dict, policy_path: str | None = None):
     """The policy to reason with: the one given, else the one the namespace enforces (as its
     state file records), else $RAMFW_POLICY or the embedded default."""
+    from .policy import load_policy
+
+    if policy_path:
+        return load_policy(policy_path)
+    policy = _recorded_policy(saved)
+    # `--audit` is not in the file: the state records it, so readers see the policy as it runs
+    return policy.audited() if saved.get("audit") else policy
+
+
+def _recorded_policy(saved: dict):
     from .policy import DEFAULT_SOURCE, load_policy
 
     from .policysource import UrlSource, is_url
 
-    if policy_path:
-        return load_policy(policy_path)
     source = saved.get("policy_source")
     if is_url(source):
         return UrlSource(source, None).load()  # the last good copy: no fetch, no network

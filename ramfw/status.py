@@ -40,6 +40,7 @@ def collect(netns_name: str | None) -> dict:
         "rules_at": kernel.where if kernel.installed else None,
         "policy_digest": kernel.meta.get("policy"),
         "mode": kernel.meta.get("mode"),
+        "audit": kernel.meta.get("audit") == "1",
         "snoop": kernel.meta.get("snoop"),
         "sets": {name: len(elems) for name, elems in kernel.sets.items()},
         "counters": kernel.counters,
@@ -59,11 +60,14 @@ def collect(netns_name: str | None) -> dict:
 
 def print_human(d: dict) -> None:
     echo = typer.echo
+    if d.get("audit"):
+        # first line, so nobody mistakes an audit run for enforcement
+        echo(f"AUDIT:       nothing is refused; what policy {d['policy_digest']} would refuse is recorded ('ramfw events', 'ramfw learn')")
     echo(f"namespace:   {d['namespace']} {d['namespace_id']}")
     if not d["enforcing"]:
         echo("enforcing:   no (ramfw has nothing installed in this namespace)")
         return
-    echo(f"enforcing:   yes, {d['mode']} with {d['backend']} (see: {d['rules_at']})")
+    echo(f"enforcing:   {'no, AUDIT of' if d.get('audit') else 'yes,'} {d['mode']} with {d['backend']} (see: {d['rules_at']})")
     age = f", applied {int(time.time() - d['applied_at'])}s ago" if d.get("applied_at") else ""
     echo(f"policy:      {d['policy_digest']} from {d['policy_source'] or 'unknown source'}{age}")
     if d.get("backend_reason"):

@@ -73,7 +73,7 @@ from pathlib import Path
 
 from .. import netns
 from ..errors import BackendError, NetnsError
-from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule
+from ..plan import DesiredState, Element, Rule
 from .base import Backend, KernelState, Probe
 from .ipsetnl import CMD_PROTOCOL, IPSET_ERR_REFERENCED, MAX_TIMEOUT, IpsetError, IpsetSocket, _set_sizes
 
@@ -113,7 +113,7 @@ def _host(addr: str) -> str:
 
 
 def meta_comment(desired: DesiredState, flavour: str, created: set[str] = frozenset()) -> str:
-    text = f"ramfw policy={desired.policy_digest} mode={desired.mode} snoop={desired.dns.mode} flavour={flavour}"
+    text = f"ramfw policy={desired.policy_digest} mode={desired.mode}{' audit=1' if desired.audit else ''} snoop={desired.dns.mode} flavour={flavour}"
     if created:
         text += " created=" + ",".join(sorted(created))
     return text
@@ -186,10 +186,10 @@ def table_part(desired: DesiredState, family: int, forward_anchor: str = "FORWAR
     for chain in desired.chains:
         rules = [a for r in chain.rules for a in _rule_args(r, family, chain.hook)]
         part.chains[MAIN_CHAIN[chain.hook]] = rules
-        prefix = AUDIT_PREFIX[chain.hook] + " "
+        prefix = chain.log_prefix + " "
         refuse = [f"-j NFLOG --nflog-prefix {save_string(prefix)} --nflog-group {desired.audit_group}"]
-        if chain.final == "drop":
-            refuse.append("-j DROP")
+        if chain.final in ("drop", "accept"):
+            refuse.append(f"-j {chain.final.upper()}")
         else:
             refuse += ["-p tcp -j REJECT --reject-with tcp-reset", f"-j REJECT --reject-with {REJECT_OTHER[family]}"]
         part.chains[REFUSE_CHAIN[chain.hook]] = refuse

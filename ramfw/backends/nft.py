@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from ..errors import BackendError
-from ..plan import AUDIT_PREFIX, DesiredState, Element, Rule
+from ..plan import DesiredState, Element, Rule
 from .base import Backend, KernelState, Probe
 from .libnft import NftContext
 from .nftnl import NftElementWriter, NftReader
@@ -67,7 +67,7 @@ META_CHAIN = "policy_info"  # ("meta" is an nft keyword)
 
 
 def _meta_comment(desired: DesiredState) -> str:
-    return f"ramfw policy={desired.policy_digest} mode={desired.mode} snoop={desired.dns.mode}"
+    return f"ramfw policy={desired.policy_digest} mode={desired.mode}{' audit=1' if desired.audit else ''} snoop={desired.dns.mode}"
 
 
 def parse_meta(comment: str) -> dict[str, str]:
@@ -137,9 +137,9 @@ class NftBackend(Backend):
         for chain in desired.chains:
             rules = [r for rule in chain.rules for r in self._rule_text(rule, chain.hook)]
             chains.append(ChainText(CHAIN_FOR_HOOK[chain.hook], chain.hook, CHAIN_PRIORITY, tuple(rules)))
-            refuse = [f'counter name "{REFUSE_CHAIN[chain.hook]}"', f'log prefix "{AUDIT_PREFIX[chain.hook]} " group {desired.audit_group}']
-            if chain.final == "drop":
-                refuse.append("drop")
+            refuse = [f'counter name "{REFUSE_CHAIN[chain.hook]}"', f'log prefix "{chain.log_prefix} " group {desired.audit_group}']
+            if chain.final in ("drop", "accept"):
+                refuse.append(chain.final)
             else:
                 refuse += ["meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
             chains.append(ChainText(REFUSE_CHAIN[chain.hook], None, rules=tuple(refuse)))

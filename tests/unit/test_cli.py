@@ -11,8 +11,10 @@ def ramfw(*args, env=None):
 
 def test_help_lists_every_contract_command():
     out = ramfw("--help").stdout
-    for cmd in ("up", "run", "down", "status", "explain", "check", "events", "policy", "dry-run"):
+    for cmd in ("up", "run", "down", "status", "explain", "check", "events", "learn", "policy", "dry-run"):
         assert f" {cmd} " in out
+    for cmd in ("run", "up"):
+        assert "--audit" in ramfw(cmd, "--help").stdout
 
 
 def test_policy_validate_ok_and_bad(tmp_path):

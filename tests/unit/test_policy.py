@@ -91,7 +91,7 @@ allow_cidrs = ["10.0.0.1/8", "nonsense"]
     )
     expected = [
         "p.toml: colour: unknown key",
-        "p.toml: mode: must be one of allowlist, denylist; got 'blocklist'",
+        "p.toml: mode: must be one of allowlist, denylist, audit; got 'blocklist'",
         "p.toml: allow_broad: must be true or false, got a string",
         "p.toml: dns.typo: unknown key",
         "p.toml: allow[1]: '1.2.3.4' is an IP address, not a name (use network.allow_cidrs for addresses)",
