@@ -36,7 +36,7 @@ from .counters import Counters
 from .dnscache import DnsCache
 from .errors import BackendError
 from .logs import fields
-from .plan import MIN_ELEMENT_TIMEOUT, DesiredState, Element, family_of, plan
+from .plan import MIN_ELEMENT_TIMEOUT, DesiredState, Element, plan
 from .policy import Policy
 from .resolver import Resolver, read_nameservers
 
@@ -315,7 +315,8 @@ class Enforcer:
         with self._pending_lock:
             for ch in changes:
                 timeout = max(MIN_ELEMENT_TIMEOUT, int(ch.expiry - now + 0.999))
-                self.pending.setdefault(f"{kind}{family_of(ch.ip)}", {})[ch.ip] = (name, Element(ch.ip, timeout))
+                family = 6 if ":" in ch.ip else 4  # ch.ip is normalised text: no need to parse it again
+                self.pending.setdefault(f"{kind}{family}", {})[ch.ip] = (name, Element(ch.ip, timeout))
         self.counters.inc("ips_added", len(changes))
         if not defer:
             self.flush()

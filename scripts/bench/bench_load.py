@@ -113,6 +113,9 @@ def ramfw_run(tb: Testbed, load: list[str], check: list[str], env) -> dict:
         proc.terminate()
         proc.wait(timeout=15)
         log.close()
+        keep = os.path.join(tempfile.gettempdir(), "ramfw-bench-load.log")
+        with open(tb.run_dir / "ramfw-load.log") as src, open(keep, "w") as dst:
+            dst.write(src.read())  # the controller's log outlives the testbed, for a look afterwards
         subprocess.run([sys.executable, "-m", "ramfw.cli", "down", "--netns", tb.client], capture_output=True, env=env)
 
 

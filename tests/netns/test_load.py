@@ -312,3 +312,74 @@ def test_a_failed_thread_ends_the_process_non_zero_and_the_rules_stay(fault, tmp
         assert thread in ctl.stderr(), ctl.stderr_tail()
         tables = tb.run(tb.client, "nft", "list", "tables").stdout
         assert "inet ramfw" in tables, "the ruleset left with the controller (it must fail closed)"
+
+
+# ---- a flood of crafted questions from an unprivileged process --------------------------------------
+
+FLOOD_SCRIPT = r"""
+import socket, struct, sys, time
+server, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+# one question, then 5,000 additional records of 12 bytes each: ~60 KB that a parser walking
+# every section pays for, and that a question-only parser does not
+question = b"".join(bytes([len(p)]) + p.encode() for p in "x.flood.test".split(".")) + b"\0" + struct.pack("!HH", 28, 1)
+records = (b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 0, 0)) * 5000
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent, start, i = 0, time.monotonic(), 0
+while time.monotonic() - start < seconds:
+    i += 1
+    s.sendto(struct.pack("!6H", i & 0xFFFF, 0x0100, 1, 0, 0, 5000) + question + records, (server, 53))
+    sent += 1
+    time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+print(sent)
+"""
+
+
+def test_question_flood_from_an_unprivileged_user_does_not_stall_learning(tmp_path, started):
+    """An unprivileged process floods the trusted resolver with 60 KB crafted questions (300 a
+    second: a parser that walked every section would need over three seconds of CPU a second); meanwhile every
+    wildcard-allowed name a client looks up connects within 2 s."""
+    names = {f"w{i}.flood.test": [f"198.51.100.{100 + i}"] for i in range(40)}
+    with Testbed(tag="qflood") as tb:
+        tb.set_names(names, ttl=300)
+        for ips in names.values():
+            tb.add_address(ips[0])
+        listener = Listener(tb.inet)
+        flooder = None
+        try:
+            bed = make_bed(tb, tmp_path, "nft")
+            ctl = Ctl(bed, policy_toml(["**.flood.test"], servers=(DNS4,)))
+            started.append(ctl)
+            ctl.wait_ready()
+            flooder = subprocess.Popen(
+                ["ip", "netns", "exec", tb.client, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 "/usr/bin/python3", "-c", FLOOD_SCRIPT, DNS4, "12", "300"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)  # let the flood build up
+            slow = []
+            for name, ips in names.items():
+                t0 = time.monotonic()
+                while True:
+                    try:
+                        got = lookup(tb.client, name)
+                        with netns.entered(tb.client):
+                            res = connect_here(got[0], timeout=1.0)
+                    except Exception as exc:  # noqa: BLE001 - a lost answer: the client asks again
+                        res = SimpleNamespace(ok=False, error=repr(exc))
+                    took = time.monotonic() - t0
+                    if res.ok or took > 2.0:
+                        break
+                if not res.ok:
+                    slow.append((name, round(took, 2), res.error))
+                if flooder.poll() is not None:
+                    break
+            out, err = flooder.communicate(timeout=30)
+            assert flooder.returncode == 0, err
+            log(f"question flood: {out.strip()} crafted 60 KB questions sent; {len(names)} wildcard names looked up")
+            assert int(out.strip()) >= 500, "the flood did not run"
+            assert not slow, f"names that did not connect within 2 s during the flood: {slow}\n{ctl.stderr_tail()}"
+            ctl.assert_alive("during the question flood")
+        finally:
+            if flooder is not None and flooder.poll() is None:
+                flooder.kill()
+                flooder.wait(5)
+            listener.close()
