@@ -102,6 +102,8 @@ def run(
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Serve Prometheus metrics on unix:/PATH or 127.0.0.1:PORT."),
     policy_ca: Optional[str] = PolicyCaOpt,
     policy_refresh: float = typer.Option(60.0, "--policy-refresh", min=1.0, help="Seconds between fetches of an https:// policy."),
+    check_interval: float = typer.Option(5.0, "--check-interval", min=0.5, max=3600.0,
+                                         help="Seconds between comparisons of the kernel ruleset with what ramfw applied; a difference is repaired."),
 ):
     """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
     from .controller import Controller
@@ -112,7 +114,7 @@ def run(
         parse_listen(metrics)  # a bad address is a usage error before anything is touched
     ctl = Controller(
         policy or os.environ.get("RAMFW_POLICY") or None, netns, backend,
-        cleanup=cleanup, metrics=metrics, policy_ca=policy_ca, policy_refresh=policy_refresh,
+        cleanup=cleanup, metrics=metrics, policy_ca=policy_ca, policy_refresh=policy_refresh, check_interval=check_interval,
     )
     ctl.start()  # a bad policy or an unusable backend fails here, before anything is touched
     ctl.run_forever()

@@ -77,7 +77,7 @@ class Controller:
         self.xt_created: list[str] = []
         self.next_refresh: dict[str, float] = {}
         self.refresh_lock = threading.Lock()
-        self.counters = {"reloads": 0, "reloads_refused": 0, "repairs": 0, "apply_failures": 0, "ips_expired": 0}
+        self.counters = {"reloads": 0, "reloads_refused": 0, "repairs": 0, "tampered": 0, "apply_failures": 0, "ips_expired": 0}
         self.started_at = time.time()
         self.policy_loaded_at = time.time()
         self.metrics_spec = metrics
@@ -293,6 +293,7 @@ class Controller:
         if not problems:
             return
         log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems), extra=fields(event="repair"))
+        self.counters["tampered"] += 1  # checks that found the ruleset altered (status, metrics)
         self.counters["repairs"] += 1
         try:
             enf.apply()
@@ -321,6 +322,7 @@ class Controller:
                 "snoop": self.enforcer.snoop_mode,
                 "snoop_reason": self.snoop_reason,
                 "xtables_created_tables": self.xt_created,
+                "check_interval": self.check_interval,
                 "counters": {
                     **self.enforcer.counters,
                     **self.counters,

@@ -79,6 +79,10 @@ class ControllerCollector:
         yield CounterMetricFamily("ramfw_reloads", "Policy reloads", value=ctl.counters["reloads"])
         yield CounterMetricFamily("ramfw_reloads_refused", "Policy reloads refused (invalid policy)", value=ctl.counters["reloads_refused"])
         yield CounterMetricFamily("ramfw_repairs", "Rulesets restored after outside changes", value=ctl.counters["repairs"])
+        yield CounterMetricFamily("ramfw_tampered", "Checks that found ramfw's ruleset altered from outside",
+                                  value=ctl.counters.get("tampered", 0))
+        yield GaugeMetricFamily("ramfw_check_interval_seconds", "Seconds between two comparisons of the ruleset with what was applied",
+                                value=ctl.check_interval)
         info = GaugeMetricFamily("ramfw_policy_info", "The enforced policy", labels=["digest", "mode", "source", "backend", "snoop"])
         info.add_metric([enf.policy.digest, enf.policy.mode, enf.policy.source, enf.backend.name, enf.snoop_mode], 1)
         yield info

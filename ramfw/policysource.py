@@ -22,7 +22,7 @@ import urllib.parse
 
 from . import netns
 from .errors import PolicyError, RamfwError, UsageError
-from .policy import Policy, load_policy, parse_policy
+from .policy import MAX_POLICY_BYTES, Policy, load_policy, parse_policy
 from .resolver import Resolver, read_nameservers
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,10 @@ class UrlSource:
     def _meta(self) -> dict:
         try:
             with open(self.meta_path) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
+                meta = json.load(fh)
+        except (OSError, ValueError, RecursionError):
             return {}
+        return meta if isinstance(meta, dict) else {}  # a planted file is ignored, not trusted
 
     def _connect(self) -> http.client.HTTPSConnection:
         host = self.parts.hostname
@@ -139,7 +140,7 @@ class UrlSource:
                 path = self.parts.path or "/"
                 conn.request("GET", path + (f"?{self.parts.query}" if self.parts.query else ""), headers=headers)
                 resp = conn.getresponse()
-                body = resp.read(1 << 20)
+                body = resp.read(MAX_POLICY_BYTES + 1)  # more is refused whole by parse_policy, never cut
             finally:
                 conn.close()
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:

@@ -7,10 +7,13 @@ The kernel ruleset is the truth for what is enforced; this file explains it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 
 from . import netns
+
+log = logging.getLogger(__name__)
 
 STATE_ROOT = os.environ.get("RAMFW_STATE_DIR", "/run/ramfw")
 
@@ -31,11 +34,22 @@ def state_path(netns_name: str | None, name: str = "state.json") -> str:
 
 
 def read_state(netns_name: str | None, name: str = "state.json") -> dict:
+    """The file's object, or {} when it is missing or not what ramfw writes (anybody able to
+    write the state directory could plant garbage: a damaged file is explained, not trusted)."""
+    path = state_path(netns_name, name)
     try:
-        with open(state_path(netns_name, name)) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "strerror", None) or "not JSON"
+        log.warning("ignoring state file %s: %s", path, reason)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("ignoring state file %s: not a JSON object", path)
+        return {}
+    return data
 
 
 def write_state(netns_name: str | None, data: dict, name: str = "state.json") -> None:
