@@ -229,7 +229,8 @@ def install(
     unit_dir: str = typer.Option("/etc/systemd/system", "--unit-dir", help="Where to write ramfw.service."),
     print_only: bool = typer.Option(False, "--print", help="Print the unit instead of writing anything."),
 ):
-    """Install the systemd unit (Type=notify, ordered before docker.service) and a starting policy."""
+    """Install the systemd unit (Type=notify, ordered before docker.service), drop-ins making docker.service
+    and containerd.service require it, and a starting policy."""
     from . import install as install_mod
 
     unit = install_mod.render_unit(policy)

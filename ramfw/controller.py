@@ -381,7 +381,7 @@ class Controller:
                 if now - last["state"] >= state_every and self.enforcer.cache.version != self.enforcer._saved_version:
                     last["state"] = now
                     self.enforcer.save_state()
-            except BackendError as exc:
+            except (BackendError, OSError) as exc:  # EMFILE, ENOMEM…: logged; the loop and the rules stay
                 log.error("%s", exc)
             if now - last["beat"] >= 2.0:
                 last["beat"] = now

@@ -193,6 +193,19 @@ def open_source(spec: str | None, netns_name: str | None, ca_file: str | None = 
     return FileSource(spec)
 
 
+def redact_url(source: str) -> str:
+    """A policy source fit for labels and logs: an https URL without user info, query or
+    fragment (where tokens live); anything else unchanged."""
+    if not is_url(source):
+        return source
+    parts = urllib.parse.urlsplit(source)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+
+
 def _is_ip(host: str) -> bool:
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)

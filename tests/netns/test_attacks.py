@@ -393,6 +393,7 @@ def test_running_controller_refuses_hostile_policies_and_stays_alive(bed, contro
     assert "Traceback" not in err and "RecursionError" not in err, ctl.stderr_tail()
     assert "nested deeper than" in err and "larger than 1024 KiB" in err
     # still learning with the last good policy
+    bed.dns.zone["b.allowed.test"] = [POOL4[95]]
     ips = addresses(bed.lookup("b.allowed.test"))
     assert ips and bed.connect(ips[0]).ok
     # and a good policy is taken again
@@ -402,3 +403,92 @@ def test_running_controller_refuses_hostile_policies_and_stays_alive(bed, contro
         time.sleep(0.2)
     assert ctl.status()["policy_digest"] != digest
     ctl.assert_alive("at the end")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. the metrics port: 2,000 idle local connections against a controller with 1,024 descriptors
+
+METRICS_PORT = 9464
+
+
+def _start_limited_controller(bed, policy_text: str, extra: list[str], nofile: int = 1024):
+    """A `ramfw run` like test_snoop's Ctl, under `prlimit --nofile` (systemd's default for
+    services is 1,024), so the Ctl helpers (status, counters, finish) work on it."""
+    from test_snoop import Ctl
+
+    ctl = Ctl.__new__(Ctl)
+    ctl.bed = bed
+    ctl.policy = bed.tmp / "limited-policy.toml"
+    ctl.policy.write_text(policy_text)
+    ctl.state_dir = bed.tmp / "state"
+    ctl.env = {**os.environ, "RAMFW_STATE_DIR": str(ctl.state_dir)}
+    ctl.stderr_path = bed.tmp / "limited.stderr"
+    ctl.ready_at = time.monotonic()
+    ctl._err = open(ctl.stderr_path, "wb")
+    argv = ["ip", "netns", "exec", bed.client, "prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "ramfw.cli",
+            "run", "--netns", bed.client, "--policy", str(ctl.policy), "--backend", bed.backend, *extra]  # fmt: skip
+    ctl.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=ctl._err, stderr=subprocess.STDOUT, env=ctl.env,
+                                start_new_session=True)  # fmt: skip
+    return ctl
+
+
+def _scrape(ns: str, timeout: float = 3.0) -> str:
+    with netns.entered(ns):
+        s = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=timeout)
+    try:
+        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data.decode(errors="replace")
+    finally:
+        s.close()
+
+
+def test_two_thousand_idle_metrics_connections_leave_the_controller_working(bed):
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    bed.dns.zone.update({f"m{i}.allowed.test": [POOL4[40 + i]] for i in range(30)})
+    ctl = _start_limited_controller(bed, policy_toml(WILDCARD), ["--metrics", f"127.0.0.1:{METRICS_PORT}"])
+    idle: list[socket.socket] = []
+    try:
+        ctl.wait_ready()
+        assert "ramfw_set_elements" in _scrape(bed.client)
+        with netns.entered(bed.client):
+            for _ in range(2000):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", METRICS_PORT))
+                idle.append(s)
+        pid = ctl.proc.pid
+        most_fds = 0
+        t0 = time.monotonic()
+        learned = []
+        while time.monotonic() - t0 < 8:  # longer than the per-connection timeout
+            most_fds = max(most_fds, len(os.listdir(f"/proc/{pid}/fd")))
+            ctl.assert_alive("with 2,000 idle metrics connections")
+            st = ctl.status()
+            assert st["controller"]["running"] and st["controller"]["heartbeat_age"] < 5, st["controller"]
+            name = f"m{len(learned)}.allowed.test"
+            ips, conn = bed.lookup_connect(name)
+            assert conn.ok, f"learning stopped under the connection flood: {name} {ips} {conn}"
+            learned.append(ips[0])
+            time.sleep(0.5)
+        print(f"[test_attacks] {bed.backend}: at most {most_fds} descriptors open in the controller; learned {len(learned)} names")
+        assert most_fds < 200, f"the controller held {most_fds} descriptors (the idle connections are not capped)"
+        for s in idle:
+            s.close()
+        idle.clear()
+        body = _scrape(bed.client, timeout=10)
+        assert "ramfw_set_elements" in body and "ramfw_tampered" in body and "ramfw_check_interval_seconds 5.0" in body
+        ctl.assert_alive("after the flood")
+    finally:
+        for s in idle:
+            s.close()
+        try:
+            ctl.finish()
+        finally:
+            print(ctl.stderr_tail(3000))

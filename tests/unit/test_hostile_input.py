@@ -109,3 +109,23 @@ def test_a_good_state_file_still_reads(tmp_path, monkeypatch):
     state.write_state(None, {"pid": 1, "counters": {"a": 1}}, name="controller.json")
     assert json.loads(open(state.state_path(None, "controller.json")).read())["pid"] == 1
     assert state.read_state(None, "controller.json")["counters"] == {"a": 1}
+
+
+def test_failed_state_writes_are_survived_and_summarised(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+    monkeypatch.setattr(state, "STATE_ROOT", str(blocker))  # every write fails (ENOTDIR), like a full /run
+    now = [0.0]
+    monkeypatch.setattr(state, "write_failures", state._WriteFailures(clock=lambda: now[0]))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(30):  # 30 heartbeats
+            assert state.write_state(None, {"pid": 1}, name="controller.json") is False
+            now[0] += 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 + (30 * 2 - 2) // 60, errors  # the first, then one reminder a minute
+    assert "cannot write state file" in errors[0] and "enforcement goes on" in errors[0]
+    caplog.clear()
+    monkeypatch.setattr(state, "STATE_ROOT", str(tmp_path / "ok"))
+    with caplog.at_level(logging.WARNING):
+        assert state.write_state(None, {"pid": 1}, name="controller.json") is True
+    assert any("written again after 30 failed writes" in r.getMessage() for r in caplog.records)
