@@ -411,22 +411,26 @@ def test_running_controller_refuses_hostile_policies_and_stays_alive(bed, contro
 METRICS_PORT = 9464
 
 
-def _start_limited_controller(bed, policy_text: str, extra: list[str], nofile: int = 1024):
+def _start_limited_controller(bed, policy_text: str, extra: list[str], nofile: int = 1024, state_dir=None, shell: str = ""):
     """A `ramfw run` like test_snoop's Ctl, under `prlimit --nofile` (systemd's default for
-    services is 1,024), so the Ctl helpers (status, counters, finish) work on it."""
+    services is 1,024), so the Ctl helpers (status, counters, finish) work on it. `shell`:
+    commands run first in the controller's own mount namespace (`ip netns exec` makes one)."""
     from test_snoop import Ctl
 
     ctl = Ctl.__new__(Ctl)
     ctl.bed = bed
     ctl.policy = bed.tmp / "limited-policy.toml"
     ctl.policy.write_text(policy_text)
-    ctl.state_dir = bed.tmp / "state"
+    ctl.state_dir = state_dir or bed.tmp / "state"
     ctl.env = {**os.environ, "RAMFW_STATE_DIR": str(ctl.state_dir)}
     ctl.stderr_path = bed.tmp / "limited.stderr"
     ctl.ready_at = time.monotonic()
     ctl._err = open(ctl.stderr_path, "wb")
-    argv = ["ip", "netns", "exec", bed.client, "prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "ramfw.cli",
+    argv = ["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "ramfw.cli",
             "run", "--netns", bed.client, "--policy", str(ctl.policy), "--backend", bed.backend, *extra]  # fmt: skip
+    if shell:
+        argv = ["sh", "-c", shell + ' && exec "$@"', "sh", *argv]
+    argv = ["ip", "netns", "exec", bed.client, *argv]
     ctl.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=ctl._err, stderr=subprocess.STDOUT, env=ctl.env,
                                 start_new_session=True)  # fmt: skip
     return ctl
@@ -488,6 +492,62 @@ def test_two_thousand_idle_metrics_connections_leave_the_controller_working(bed)
     finally:
         for s in idle:
             s.close()
+        try:
+            ctl.finish()
+        finally:
+            print(ctl.stderr_tail(3000))
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. a full state directory (a real tmpfs, filled) is logged once and survived
+
+
+def test_full_state_directory_is_survived_and_summarised(bed):
+    import errno
+    import glob
+
+    state = bed.tmp / "state-full"
+    state.mkdir()
+    bed.dns.zone.update({f"f{i}.allowed.test": [POOL4[10 + i]] for i in range(30)})
+    # a 256 KiB tmpfs over the state directory, in the controller's own mount namespace only
+    ctl = _start_limited_controller(bed, policy_toml(WILDCARD), [], state_dir=state,
+                                    shell=f"mount -t tmpfs -o size=256k ramfw-test-state {state}")  # fmt: skip
+    try:
+        seen = Path(f"/proc/{ctl.proc.pid}/root") / str(state).lstrip("/")  # the tmpfs, as the controller sees it
+        deadline = time.monotonic() + 20
+        while not glob.glob(str(seen / "net-*" / "controller.json")):
+            ctl.assert_alive("starting")
+            assert time.monotonic() < deadline, f"no heartbeat file in the tmpfs\n{ctl.stderr_tail()}"
+            time.sleep(0.1)
+        assert not list(state.iterdir()), "the tmpfs is not private to the controller's mount namespace"
+        heartbeat = Path(glob.glob(str(seen / "net-*" / "controller.json"))[0])
+        filler = seen / "filler"
+        with open(filler, "wb", buffering=0) as fh:  # fill it to the last block
+            try:
+                while True:
+                    fh.write(b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        t0 = time.monotonic()
+        n = 0
+        while time.monotonic() - t0 < 7:  # three heartbeats and several state writes fail meanwhile
+            ctl.assert_alive("with a full state directory")
+            ips, conn = bed.lookup_connect(f"f{n}.allowed.test")
+            assert conn.ok, f"learning stopped with a full state directory: {ips} {conn}"
+            n += 1
+            time.sleep(0.4)
+        said = ctl.stderr().count("cannot write state file")
+        assert said == 1, f"state write failures not summarised ({said} lines)\n{ctl.stderr_tail()}"
+        assert "No space left on device" in ctl.stderr()
+        filler.unlink()
+        stamp = heartbeat.stat().st_mtime
+        deadline = time.monotonic() + 6
+        while heartbeat.stat().st_mtime == stamp or "written again after" not in ctl.stderr():
+            assert time.monotonic() < deadline, f"state writes did not resume\n{ctl.stderr_tail()}"
+            time.sleep(0.2)
+        ctl.assert_alive("after the state directory had room again")
+        print(f"[test_attacks] {bed.backend}: {n} names learned while /run was full; one log line")
+    finally:
         try:
             ctl.finish()
         finally:
