@@ -106,7 +106,8 @@ def run(
     metrics: Optional[str] = typer.Option(None, "--metrics", help="Serve Prometheus metrics on unix:/PATH or 127.0.0.1:PORT."),
     policy_ca: Optional[str] = PolicyCaOpt,
     policy_refresh: float = typer.Option(60.0, "--policy-refresh", min=1.0, help="Seconds between fetches of an https:// policy."),
-    check_interval: float = typer.Option(5.0, "--check-interval", min=0.2, help="Seconds between checks that the ruleset is intact (repaired when not)."),
+    check_interval: float = typer.Option(5.0, "--check-interval", min=0.5, max=3600.0,
+                                         help="Seconds between comparisons of the kernel ruleset with what ramfw applied; a difference is repaired."),
     audit: bool = AuditOpt,
 ):
     """Run the controller in the foreground: apply, snoop DNS, refresh, reload on SIGHUP or policy change."""
@@ -258,7 +259,8 @@ def install(
     unit_dir: str = typer.Option("/etc/systemd/system", "--unit-dir", help="Where to write ramfw.service."),
     print_only: bool = typer.Option(False, "--print", help="Print the unit instead of writing anything."),
 ):
-    """Install the systemd unit (Type=notify, ordered before docker.service) and a starting policy."""
+    """Install the systemd unit (Type=notify, ordered before docker.service), drop-ins making docker.service
+    and containerd.service require it, and a starting policy."""
     from . import install as install_mod
 
     unit = install_mod.render_unit(policy)

@@ -120,7 +120,7 @@ class Controller:
         self.xt_created: list[str] = []
         self.schedule = RefreshSchedule()
         self.counters = Counters("reloads", "reloads_refused", "repairs", "apply_failures", "ips_expired",
-                                 "loop_errors", "state_write_failures")
+                                 "loop_errors", "state_write_failures", "tampered")
         self.started_at = time.time()
         self.policy_loaded_at = time.time()
         self.metrics_spec = metrics
@@ -330,6 +330,7 @@ class Controller:
         if not problems:
             return
         log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems), extra=fields(event="repair"))
+        self.counters.inc("tampered")  # checks that found the ruleset altered (status, metrics)
         self.counters.inc("repairs")
         try:
             enf.apply()

@@ -28,8 +28,32 @@ def render_unit(policy: str, executable: str | None = None) -> str:
     return template.replace("@RAMFW@", executable or ramfw_executable()).replace("@POLICY@", policy)
 
 
+# The engines require ramfw: if ramfw.service fails to start (invalid policy, crash, timeout)
+# they do not start at all, instead of starting with no ruleset. Ordering (After=) alone, which
+# the unit's own Before= gives, would let them start anyway.
+GUARDED_UNITS = ("docker.service", "containerd.service")
+DROPIN_NAME = "ramfw.conf"
+
+
+def render_dropin(engine: str) -> str:
+    return (
+        f"# Installed by `ramfw install`: {engine} starts only once ramfw enforces, and never without it.\n"
+        "# Remove this file (and run `systemctl daemon-reload`) to undo; see README, \"Linux host\".\n"
+        "# Note: `systemctl restart ramfw` restarts the engine too; reload a policy with `systemctl reload ramfw`.\n"
+        "[Unit]\n"
+        "Requires=ramfw.service\n"
+        "After=ramfw.service\n"
+    )
+
+
+def dropin_paths(unit_dir: str) -> dict[str, str]:
+    """engine unit -> the drop-in file `install` writes for it."""
+    return {engine: os.path.join(unit_dir, f"{engine}.d", DROPIN_NAME) for engine in GUARDED_UNITS}
+
+
 def install(unit: str, unit_dir: str, policy: str) -> list[str]:
-    """Write the unit, and the embedded default policy where the policy file does not exist yet."""
+    """Write the unit, the engines' drop-ins, and the embedded default policy where the policy
+    file does not exist yet."""
     said = []
     exe = unit.split("ExecStart=", 1)[1].split()[0]
     if exe.startswith(("/home/", "/root/")):
@@ -40,6 +64,11 @@ def install(unit: str, unit_dir: str, policy: str) -> list[str]:
     with open(unit_path, "w") as fh:
         fh.write(unit)
     said.append(f"wrote {unit_path}")
+    for engine, path in dropin_paths(unit_dir).items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(render_dropin(engine))
+        said.append(f"wrote {path} ({engine} requires ramfw.service)")
     if "://" not in policy and not os.path.exists(policy):
         os.makedirs(os.path.dirname(policy) or ".", exist_ok=True)
         default = resources.files("ramfw.data").joinpath("default-policy.toml").read_text(encoding="utf-8")

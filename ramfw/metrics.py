@@ -1,7 +1,14 @@
 """Prometheus metrics for a running controller, on a unix socket or a loopback port.
 
 Figures are read when scraped (no second bookkeeping that could drift): set sizes and refused
-packet counts from the kernel, everything else from the controller's own counters.
+packet counts from the kernel, everything else from the controller's own counters. Set sizes
+are counted at most every SET_SIZES_TTL seconds (a dump of 100,000 elements is not free), and
+from the ipset header where the backend has one.
+
+The listener is local, but any local process can connect: connections are capped
+(MAX_CONNECTIONS; more are closed at once, so idle connections cannot exhaust the controller's
+file descriptors) and each read times out (CONNECTION_TIMEOUT). Labels never carry secrets: a
+policy URL is shown without user info and query (tokens live there).
 """
 
 from __future__ import annotations
@@ -20,8 +27,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import UsageError
+from .policysource import redact_url
 
 log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 16
+CONNECTION_TIMEOUT = 5.0  # seconds a client may stay silent (per read) before it is dropped
+SET_SIZES_TTL = 10.0
 
 
 def parse_listen(spec: str) -> tuple[str, object]:
@@ -45,16 +57,28 @@ def parse_listen(spec: str) -> tuple[str, object]:
 
 
 class ControllerCollector:
-    def __init__(self, controller):
+    def __init__(self, controller, clock=time.monotonic):
         self.ctl = controller
+        self.clock = clock
+        self._sizes: tuple[float, dict[str, int]] = (float("-inf"), {})
+        self._sizes_lock = threading.Lock()
+
+    def set_sizes(self) -> dict[str, int]:
+        """Elements per set, recounted at most every SET_SIZES_TTL seconds whatever the scrape rate."""
+        with self._sizes_lock:
+            at, sizes = self._sizes
+            if self.clock() - at >= SET_SIZES_TTL:
+                sizes = self.ctl.enforcer.backend.set_sizes()
+                self._sizes = (self.clock(), sizes)
+            return sizes
 
     def collect(self):
         ctl = self.ctl
         enf = ctl.enforcer
-        kernel = enf.backend.read_state()
+        kernel = enf.backend.read_state(with_elements=False)
         sets = GaugeMetricFamily("ramfw_set_elements", "Addresses in each of ramfw's kernel sets", labels=["set"])
-        for name, elems in sorted(kernel.sets.items()):
-            sets.add_metric([name], len(elems))
+        for name, count in sorted(self.set_sizes().items()):
+            sets.add_metric([name], count)
         yield sets
         refused = CounterMetricFamily("ramfw_refused_packets", "Packets refused by the refuse chains", labels=["scope"])
         for name, c in sorted(kernel.counters.items()):
@@ -84,8 +108,12 @@ class ControllerCollector:
         yield CounterMetricFamily("ramfw_reloads", "Policy reloads", value=ctl.counters["reloads"])
         yield CounterMetricFamily("ramfw_reloads_refused", "Policy reloads refused (invalid policy)", value=ctl.counters["reloads_refused"])
         yield CounterMetricFamily("ramfw_repairs", "Rulesets restored after outside changes", value=ctl.counters["repairs"])
+        yield CounterMetricFamily("ramfw_tampered", "Checks that found ramfw's ruleset altered from outside",
+                                  value=ctl.counters.get("tampered", 0))
+        yield GaugeMetricFamily("ramfw_check_interval_seconds", "Seconds between two comparisons of the ruleset with what was applied",
+                                value=ctl.check_interval)
         info = GaugeMetricFamily("ramfw_policy_info", "The enforced policy", labels=["digest", "mode", "source", "backend", "snoop"])
-        info.add_metric([enf.policy.digest, enf.policy.mode, enf.policy.source, enf.backend.name, enf.snoop_mode], 1)
+        info.add_metric([enf.policy.digest, enf.policy.mode, redact_url(enf.policy.source), enf.backend.name, enf.snoop_mode], 1)
         yield info
         yield GaugeMetricFamily("ramfw_policy_age_seconds", "Seconds since the enforced policy was loaded", value=time.time() - ctl.policy_loaded_at)
         yield GaugeMetricFamily("ramfw_conflicts", "Addresses reached through both an allowed and a blocked name",
@@ -99,6 +127,7 @@ class ControllerCollector:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     registry: CollectorRegistry
+    timeout = CONNECTION_TIMEOUT  # StreamRequestHandler sets it on the socket: an idle client is dropped
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         if self.path.split("?")[0] not in ("/metrics", "/"):
@@ -123,12 +152,53 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("metrics: " + fmt, *args)
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _Capped(socketserver.ThreadingMixIn):
+    """At most MAX_CONNECTIONS connections at a time, each on its own thread; one more is
+    accepted and closed at once (it holds no descriptor and no thread), counted, logged once
+    a minute at most."""
+
     daemon_threads = True
+    request_queue_size = 64
+
+    def _cap_init(self) -> None:
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+        self._refused_said = 0.0
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            if time.monotonic() - self._refused_said > 60:
+                self._refused_said = time.monotonic()
+                log.warning("metrics: more than %d connections at once; closing extra ones (%d so far)", MAX_CONNECTIONS, self.refused)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        log.debug("metrics: a connection failed", exc_info=True)  # a client's problem, not ours
 
 
-class _TCPHTTPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+class _UnixHTTPServer(_Capped, socketserver.UnixStreamServer):
+    def __init__(self, *args, **kw):
+        self._cap_init()
+        super().__init__(*args, **kw)
+
+
+class _TCPHTTPServer(_Capped, http.server.HTTPServer):
+    def __init__(self, *args, **kw):
+        self._cap_init()
+        super().__init__(*args, **kw)
 
 
 class _TCP6HTTPServer(_TCPHTTPServer):

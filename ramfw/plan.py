@@ -47,7 +47,10 @@ class Rule:
     kinds:
       accept_established              ct state established,related
       accept_loopback                 to/from lo (output only)
-      accept_link_local               ICMPv6 neighbour discovery/MLD, DHCP/DHCPv6
+      accept_link_local               output only: ICMPv6 neighbour discovery/MLD, DHCP/DHCPv6,
+                                      each only towards the link (link-local, multicast, a
+                                      directly connected network), never through a gateway
+      accept_published                forward only: inbound connections DNATed to containers
       accept_dns      family, addrs   UDP/TCP port 53 to trusted resolvers
       accept_cidrs    family, addrs   network.allow_cidrs
       accept_set      family, set     destination in an allowed set
@@ -163,7 +166,7 @@ def plan(
         sets["block6"] = elements(blocked, 6, conflicted)
 
     servers4, servers6 = split_families(dns_servers)
-    cidrs4, cidrs6 = split_families(policy.allow_cidrs)
+    cidrs4, cidrs6 = split_families(tuple(policy.allow_cidrs) + tuple(policy.infrastructure_cidrs))
     final = "accept" if policy.audit else "drop" if snoop_mode == "log" else "reject"
     chains = []
     for hook, enabled in (("output", policy.scope.output), ("forward", policy.scope.forward)):
@@ -192,7 +195,9 @@ def _skeleton(policy: Policy, hook: str, servers4, servers6, cidrs4, cidrs6) -> 
             rules.append(Rule("bypass_cgroup", args=(policy.scope.cgroup,)))
     elif policy.scope.internal_interfaces:
         rules.append(Rule("accept_internal", args=policy.scope.internal_interfaces))
-    rules.append(Rule("accept_link_local"))
+    # Link protocols (ND, MLD, DHCP) are never routed, so the forward hook needs no exception
+    # for them; it only lets published ports' inbound connections back out.
+    rules.append(Rule("accept_link_local") if hook == "output" else Rule("accept_published"))
     if policy.mode == "denylist":
         rules += [Rule("refuse_set", 4, ("block4",)), Rule("refuse_set", 6, ("block6",)), Rule("accept_all")]
         return tuple(rules)

@@ -23,6 +23,11 @@ MODES = ("allowlist", "denylist", "audit")  # "audit": allowlist semantics, noth
 SNOOP_MODES = ("auto", "queue", "log", "off")
 TTL_MAX = 86400
 DEFAULT_SOURCE = "<default policy>"
+# Hostile input limits. A real policy is a few kilobytes and a few levels deep; anything far
+# beyond is refused before a parser sees it (a 5,000-deep array makes the parsers recurse until
+# RecursionError; a policy is never cut to size and then validated: a cut policy is another one).
+MAX_POLICY_BYTES = 1 << 20
+MAX_NESTING = 32
 
 # Apexes whose subdomains belong to unrelated tenants (buckets, distributions, accounts).
 # A wildcard over one of these opens the door to anybody's storage.
@@ -115,6 +120,9 @@ class Policy:
     ports: dict = field(default_factory=dict, compare=False)  # name -> port written in an entry (check probes it)
     allow_set: PatternSet = field(default_factory=PatternSet, compare=False, repr=False)
     block_set: PatternSet = field(default_factory=PatternSet, compare=False, repr=False)
+    # addresses that must stay reachable whatever the policy says (an IP-literal policy URL);
+    # not part of what the policy means, so not in its digest
+    infrastructure_cidrs: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -178,9 +186,17 @@ class Policy:
         if not hosts:
             return self
         allow = PatternSet(self.allow_set.patterns)
+        cidrs = list(self.infrastructure_cidrs)
         for host in hosts:
-            allow.add(Pattern.parse(host), Source("allow", why, host, "always reachable"))
-        return dataclasses.replace(self, allow_set=allow)
+            try:  # an IP-literal policy URL: the address itself stays reachable
+                addr = ipaddress.ip_address(host.strip("[]"))
+            except ValueError:
+                allow.add(Pattern.parse(host), Source("allow", why, host, "always reachable"))
+                continue
+            cidr = f"{addr.compressed}/{addr.max_prefixlen}"
+            if cidr not in cidrs:
+                cidrs.append(cidr)
+        return dataclasses.replace(self, allow_set=allow, infrastructure_cidrs=tuple(cidrs))
 
     def is_allowed_name(self, name: str) -> bool:
         return not self.block_set.match(name) and bool(self.allow_set.match(name))
@@ -205,9 +221,10 @@ def load_policy(path: str | None, catalog: Catalog | None = None) -> Policy:
         return parse_policy(text, DEFAULT_SOURCE, fmt="toml", catalog=catalog)
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_POLICY_BYTES + 1)  # never more: a huge file is refused, not read
     except OSError as exc:
         raise PolicyError(path, [("(file)", f"cannot read: {exc.strerror}")]) from None
+    check_size(len(raw), path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -216,9 +233,52 @@ def load_policy(path: str | None, catalog: Catalog | None = None) -> Policy:
     return parse_policy(text, path, fmt=fmt, catalog=catalog)
 
 
+def check_size(size: int, source: str) -> None:
+    if size > MAX_POLICY_BYTES:
+        raise PolicyError(source, [("(file)", f"larger than {MAX_POLICY_BYTES // 1024} KiB (refused whole, never cut): "
+                                              "a policy lists registries, it is a few KiB")])
+
+
+def nesting_depth(text: str, stop_at: int) -> int:
+    """How deep [ and { nest in TOML or JSON text, outside strings and comments (a cheap
+    single pass; stops counting at stop_at)."""
+    depth = deepest = 0
+    quote = ""
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if quote:
+            if ch == "\\" and quote[0] == '"':
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif ch in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > stop_at:
+                    return deepest
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch in "\"'":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        elif ch == "#":  # a TOML comment (JSON has none, and '#' outside a string is invalid there)
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        i += 1
+    return deepest
+
+
 def parse_policy(text: str, source: str, fmt: str = "toml", catalog: Catalog | None = None) -> Policy:
+    check_size(len(text.encode("utf-8", "surrogatepass")), source)
+    if nesting_depth(text, MAX_NESTING) > MAX_NESTING:
+        raise PolicyError(source, [("(file)", f"arrays or tables nested deeper than {MAX_NESTING} levels: refused")])
     try:
         data = json.loads(text) if fmt == "json" else tomllib.loads(text)
+    except RecursionError:  # the depth scan is approximate; the parser's own limit is the backstop
+        raise PolicyError(source, [("(file)", "nested too deeply to parse: refused")]) from None
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise PolicyError(source, [("(file)", f"{fmt.upper()} syntax error: {exc}")]) from None
     if not isinstance(data, dict):

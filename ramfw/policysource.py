@@ -22,7 +22,7 @@ import urllib.parse
 
 from . import netns
 from .errors import PolicyError, RamfwError, UsageError
-from .policy import Policy, load_policy, parse_policy
+from .policy import MAX_POLICY_BYTES, Policy, load_policy, parse_policy
 from .resolver import Resolver, read_nameservers
 
 log = logging.getLogger(__name__)
@@ -92,9 +92,10 @@ class UrlSource:
     def _meta(self) -> dict:
         try:
             with open(self.meta_path) as fh:
-                return json.load(fh)
-        except (OSError, ValueError):
+                meta = json.load(fh)
+        except (OSError, ValueError, RecursionError):
             return {}
+        return meta if isinstance(meta, dict) else {}  # a planted file is ignored, not trusted
 
     def _connect(self) -> http.client.HTTPSConnection:
         host = self.parts.hostname
@@ -139,7 +140,7 @@ class UrlSource:
                 path = self.parts.path or "/"
                 conn.request("GET", path + (f"?{self.parts.query}" if self.parts.query else ""), headers=headers)
                 resp = conn.getresponse()
-                body = resp.read(1 << 20)
+                body = resp.read(MAX_POLICY_BYTES + 1)  # more is refused whole by parse_policy, never cut
             finally:
                 conn.close()
         except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
@@ -190,6 +191,19 @@ def open_source(spec: str | None, netns_name: str | None, ca_file: str | None = 
         source.fetch()  # a failure is logged; load() then falls back to the last good copy
         return source
     return FileSource(spec)
+
+
+def redact_url(source: str) -> str:
+    """A policy source fit for labels and logs: an https URL without user info, query or
+    fragment (where tokens live); anything else unchanged."""
+    if not is_url(source):
+        return source
+    parts = urllib.parse.urlsplit(source)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
 
 def _is_ip(host: str) -> bool:

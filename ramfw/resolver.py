@@ -8,6 +8,7 @@ before the first client asks, and keep them fresh. A failed lookup keeps the las
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 
@@ -29,18 +30,31 @@ class Resolution:
     missing: bool = False  # the name does not exist (NXDOMAIN) or has no address
 
 
+_warned_nameservers: set[tuple[str, str]] = set()  # (file, bad value): each said once, not at every apply
+
+
 def read_nameservers(netns_name: str | None) -> list[str]:
+    """The `nameserver` addresses of the namespace's resolv.conf. A line whose value is not an
+    IP address (a host name, garbage) is skipped with one warning: resolv.conf is outside
+    ramfw's control, and a bad line must not stop every apply."""
     path = netns.resolv_conf_path(netns_name)
     servers = []
     try:
-        with open(path) as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    servers.append(parts[1].split("%")[0])
+        with open(path, errors="replace") as fh:
+            lines = fh.read(1 << 16).splitlines()  # resolv.conf is small; a huge one is cut here, not trusted more
     except OSError:
-        pass
-    return servers
+        return servers
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            value = parts[1].split("%")[0]
+            try:
+                servers.append(ipaddress.ip_address(value).compressed)
+            except ValueError:
+                if (path, value) not in _warned_nameservers:
+                    _warned_nameservers.add((path, value))
+                    log.warning("%s: nameserver %r is not an IP address; ignored", path, value[:80])
+    return list(dict.fromkeys(servers))
 
 
 class Resolver:

@@ -7,10 +7,15 @@ The kernel ruleset is the truth for what is enforced; this file explains it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import threading
+import time
 
 from . import netns
+
+log = logging.getLogger(__name__)
 
 STATE_ROOT = os.environ.get("RAMFW_STATE_DIR", "/run/ramfw")
 
@@ -31,25 +36,82 @@ def state_path(netns_name: str | None, name: str = "state.json") -> str:
 
 
 def read_state(netns_name: str | None, name: str = "state.json") -> dict:
+    """The file's object, or {} when it is missing or not what ramfw writes (anybody able to
+    write the state directory could plant garbage: a damaged file is explained, not trusted)."""
+    path = state_path(netns_name, name)
     try:
-        with open(state_path(netns_name, name)) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else getattr(exc, "strerror", None) or "not JSON"
+        log.warning("ignoring state file %s: %s", path, reason)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("ignoring state file %s: not a JSON object", path)
+        return {}
+    return data
 
 
-def write_state(netns_name: str | None, data: dict, name: str = "state.json") -> None:
-    """Atomic replace, so a reader never sees half a file."""
-    directory = state_dir(netns_name)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+class _WriteFailures:
+    """Failed state writes, summarised: the first failure of a run of them is logged with its
+    reason, then at most one reminder a minute with the count, and the recovery once. A full
+    /run or a descriptor shortage must neither end the controller nor flood the journal."""
+
+    REMIND_EVERY = 60.0
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.count = 0  # failures since the last success
+        self.total = 0
+        self.said_at = float("-inf")
+
+    def failed(self, path: str, exc: OSError) -> None:
+        with self.lock:
+            self.count += 1
+            self.total += 1
+            if self.count == 1 or self.clock() - self.said_at >= self.REMIND_EVERY:
+                self.said_at = self.clock()
+                more = f" ({self.count} failed writes so far)" if self.count > 1 else ""
+                log.error("cannot write state file %s: %s%s; enforcement goes on, status and explain may be stale until it works again",
+                          path, exc.strerror or exc, more)
+
+    def succeeded(self, path: str) -> None:
+        with self.lock:
+            if self.count:
+                log.warning("state file %s written again after %d failed writes", path, self.count)
+                self.count = 0
+
+
+write_failures = _WriteFailures()
+
+
+def write_state(netns_name: str | None, data: dict, name: str = "state.json") -> bool:
+    """Atomic replace, so a reader never sees half a file. Returns False when the write failed
+    (ENOSPC, EMFILE, EROFS…): logged, summarised, never raised; the kernel ruleset is the truth
+    and this file only explains it."""
+    path = state_path(netns_name, name)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, state_path(netns_name, name))
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        directory = state_dir(netns_name)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        write_failures.failed(path, exc)
+        return False
+    write_failures.succeeded(path)
+    return True
 
 
 def remove_state(netns_name: str | None) -> None:

@@ -51,6 +51,7 @@ def collect(netns_name: str | None) -> dict:
         "conflicts": saved.get("conflicts", []),
         "controller": live,
         "snoop_reason": ctl.get("snoop_reason") if live["running"] else None,
+        "check_interval": ctl.get("check_interval") if live["running"] else None,
         "controller_counters": ctl.get("counters", {}) if live["running"] else saved.get("counters", {}),
     }
     if kernel.installed and saved.get("policy_digest") not in (None, out["policy_digest"]):
@@ -78,6 +79,9 @@ def print_human(d: dict) -> None:
         echo(f"counter:     {name} {c['packets']} packets, {c['bytes']} bytes")
     ctl = d["controller"]
     echo("controller:  " + (f"running (pid {ctl['pid']}, heartbeat {ctl['heartbeat_age']}s ago)" if ctl["running"] else "not running (rules stay in force; IPs age out by their timeouts)"))
+    if ctl["running"] and d.get("check_interval"):
+        echo(f"repair:      ruleset compared by content every {d['check_interval']:g}s; "
+             f"found tampered {d['controller_counters'].get('tampered', 0)} time(s)")
     counters = d["controller_counters"]
     plain = {k: v for k, v in counters.items() if not k.startswith("snoop_")}
     snoop = {k[len("snoop_"):]: v for k, v in counters.items() if k.startswith("snoop_") and (v or k == "snoop_answers_seen")}

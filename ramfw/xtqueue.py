@@ -8,10 +8,18 @@ before anything else. `--queue-bypass` keeps DNS flowing when no controller list
 
 iptables-nft keeps these rules in nftables tables `ip mangle` / `ip6 mangle`, where
 `nft list ruleset` and `iptables -S -t mangle` both show them.
+
+Only genuine answers are held (and so credited): from a resolver on a loopback address, those
+arriving on `lo`; from any other, those passing a strict reverse-path check (`-m rpfilter`: the
+route back to the source leaves through the interface the answer came in on) and not arriving
+on `lo` (rpfilter waves loopback traffic through). A process that asked a question knows its
+tuple; with CAP_NET_RAW it could forge the answer over loopback or, from a container, through
+the bridge. Such a packet is not queued: the snooper never sees it and nothing is learned.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import shutil
@@ -48,15 +56,26 @@ def _nft_tables(netns_name) -> set[tuple[str, str]]:
     return {(t["table"]["family"], t["table"]["name"]) for t in json.loads(proc.stdout)["nftables"] if "table" in t}
 
 
+def rule_specs(servers, queue_num: int) -> list[str]:
+    """The chain's rules, in the canonical form `iptables -S` prints them (problems() compares)."""
+    out = []
+    for server in servers:
+        addr = ipaddress.ip_address(server)
+        where = "-i lo" if addr.is_loopback else "! -i lo"
+        for proto in ("udp", "tcp"):
+            check = "" if addr.is_loopback else " -m rpfilter"
+            out.append(f"-s {addr.compressed}/{addr.max_prefixlen} {where} -p {proto}{check} -m {proto} --sport 53 "
+                       f"-j NFQUEUE --queue-num {queue_num} --queue-bypass")
+    return out
+
+
 def install(netns_name: str | None, servers4, servers6, queue_num: int) -> list[str]:
     """Install or replace the queue rules; returns the nft tables this call created."""
     before = _nft_tables(netns_name)
     for family, servers in ((4, servers4), (6, servers6)):
         tool = TOOLS[family]
         lines = [f"*{TABLE}", f":{CHAIN} - [0:0]"]
-        for server in servers:
-            for proto in ("udp", "tcp"):
-                lines.append(f"-A {CHAIN} -s {server} -p {proto} --sport 53 -j NFQUEUE --queue-num {queue_num} --queue-bypass")
+        lines += [f"-A {CHAIN} {spec}" for spec in rule_specs(servers, queue_num)]
         lines.append("COMMIT")
         # --noflush: only our chain is (re)declared, and declaring it empties it first.
         _run(netns_name, [f"{tool}-restore", "--noflush"], "\n".join(lines) + "\n")
@@ -77,9 +96,12 @@ def problems(netns_name: str | None, servers4, servers6, queue_num: int) -> list
             continue
         if _run(netns_name, [tool, "-t", TABLE, "-C", "PREROUTING", "-j", CHAIN], check=False).returncode != 0:
             found.append(f"{tool} {TABLE} PREROUTING no longer jumps to {CHAIN}")
-        rules = [ln for ln in listing.stdout.splitlines() if ln.startswith(f"-A {CHAIN} ")]
-        if len(rules) != 2 * len(servers) or not all(f"--queue-num {queue_num}" in r for r in rules):
-            found.append(f"{tool} {TABLE} chain {CHAIN} has {len(rules)} rules instead of {2 * len(servers)}")
+        rules = [ln.removeprefix(f"-A {CHAIN} ") for ln in listing.stdout.splitlines() if ln.startswith(f"-A {CHAIN} ")]
+        want = rule_specs(servers, queue_num)
+        if len(rules) != len(want):
+            found.append(f"{tool} {TABLE} chain {CHAIN} has {len(rules)} rules instead of {len(want)}")
+        elif rules != want:  # by content: a rule replaced keeps the count
+            found.append(f"{tool} {TABLE} chain {CHAIN} was edited: its rules are not the ones ramfw installed")
     return found
 
 

@@ -60,8 +60,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def check(self, desired: DesiredState) -> list[str]:
-        """Invariants: problems (one line each) where the kernel differs from the desired
-        skeleton; [] when all is in place. Element contents are not compared."""
+        """Invariants: problems (one line each) where the kernel differs from what this backend
+        applied, compared by content (rules, and set elements ramfw did not put there); [] when
+        all is in place. A backend that never applied in this process compares what it can."""
+
+    def set_sizes(self) -> dict[str, int]:
+        """Elements per set (metrics). Backends with a cheaper count than a full read override it."""
+        return {name: len(elems) for name, elems in self.read_state().sets.items()}
 
     def close(self) -> None:
         """Release sockets and contexts (kernel state stays)."""

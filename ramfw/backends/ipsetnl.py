@@ -201,6 +201,19 @@ class IpsetSocket:
             body = b"".join(self._elem(ip, None) for ip in ips[i : i + chunk])
             self.request(CMD_DEL, _str(A_SETNAME, name) + _nest(A_ADT, body) + _LINENO0, f"delete from {name}")
 
+    def count(self, name: str) -> int:
+        """Elements in a set, from the list header alone (IPSET_FLAG_LIST_HEADER, what `ipset
+        list -t` asks): the kernel sends no element, however large the set."""
+        flags = _be32(6, 1 << 2)  # IPSET_ATTR_FLAGS: IPSET_FLAG_LIST_HEADER
+        replies = self.request(CMD_LIST, _str(A_SETNAME, name) + flags, f"list -t {name}", dump=True)
+        for body in replies:
+            for t, s, e in iter_nlattrs(body, 0, len(body)):
+                if t == A_DATA:
+                    for dt, ds, _de in iter_nlattrs(body, s, e):
+                        if dt == D_ELEMENTS:
+                            return _BE32.unpack_from(body, ds)[0]
+        return 0
+
     def list(self, name: str, with_elements: bool = True) -> tuple[dict[str, int], dict[str, int]]:
         """(header: references/elements/..., {ip: seconds left}) of one set."""
         cmd = CMD_LIST if with_elements else CMD_HEADER

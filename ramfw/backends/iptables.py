@@ -75,6 +75,8 @@ from .. import netns
 from ..errors import BackendError, NetnsError
 from ..plan import DesiredState, Element, Rule
 from .base import Backend, KernelState, Probe
+from .links import Links, is_loopback, read_links
+from .owned import OwnedElements
 from .ipsetnl import CMD_PROTOCOL, IPSET_ERR_REFERENCED, MAX_TIMEOUT, IpsetError, IpsetSocket, _set_sizes
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,15 @@ FLAVOURS = ("legacy", "nft")
 TOOL = {("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy", ("nft", 4): "iptables-nft", ("nft", 6): "ip6tables-nft"}
 NFT_FAMILY = {4: "ip", 6: "ip6"}
 REJECT_OTHER = {4: "icmp-admin-prohibited", 6: "icmp6-adm-prohibited"}
-ICMPV6_ESSENTIALS = (133, 134, 135, 136, 130, 131, 132, 143)  # RS, RA, NS, NA, MLD query/report/done, MLDv2
+# Link protocols, each only towards the link (see the nft backend for the reasoning):
+# ND (RS, RA, NS, NA) with hop limit 255 to link-local, link-scope multicast or a connected
+# network; MLD (query/report/done, MLDv2 report) with hop limit 1 to multicast; DHCP only to
+# the broadcast/well-known server addresses or a connected network.
+ND_TYPES = (133, 134, 135, 136)
+MLD_TYPES = (130, 131, 132, 143)
+LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
+DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")
+DHCP4_BROADCAST = ("255.255.255.255",)
 COUNTER_CHAINS = {"refuse_output": REFUSE_CHAIN["output"], "refuse_forward": REFUSE_CHAIN["forward"], "dns_answers": DNS_IN}
 
 
@@ -136,7 +146,7 @@ class TablePart:
         return not self.chains and not self.jumps
 
 
-def _rule_args(rule: Rule, family: int, hook: str) -> list[str]:
+def _rule_args(rule: Rule, family: int, hook: str, links: Links = Links()) -> list[str]:
     if rule.family and rule.family != family:
         return []
     refuse = f"-g {REFUSE_CHAIN[hook]}"
@@ -155,14 +165,16 @@ def _rule_args(rule: Rule, family: int, hook: str) -> list[str]:
             return [f"-o {name[:-1] + '+' if name.endswith('*') else name} -j ACCEPT" for name in rule.args]
         case "accept_link_local":
             if family == 6:
-                out = [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT" for t in ICMPV6_ESSENTIALS]
-                out.append("-p udp -m udp --dport 547 -j ACCEPT")
+                local = [_host(n) for n in LINK_LOCAL6 + links.onlink6]
+                out = [f"-d {d} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 255 -j ACCEPT" for d in local for t in ND_TYPES]
+                out += [f"-d ff00::/8 -p ipv6-icmp -m icmp6 --icmpv6-type {t} -m hl --hl-eq 1 -j ACCEPT" for t in MLD_TYPES]
+                out += [f"-d {_host(d)} -p udp -m udp --sport 546 --dport 547 -j ACCEPT" for d in DHCP6_SERVERS + links.onlink6]
             else:
-                out = ["-p udp -m udp --sport 68 --dport 67 -j ACCEPT"]
-            if hook == "forward":
-                # Published ports: inbound connections DNATed to containers are not egress.
-                out.append("-m conntrack --ctstate DNAT -j ACCEPT")
+                out = [f"-d {_host(d)} -p udp -m udp --sport 68 --dport 67 -j ACCEPT" for d in DHCP4_BROADCAST + links.onlink4]
             return out
+        case "accept_published":
+            # Published ports: inbound connections DNATed to containers are not egress.
+            return ["-m conntrack --ctstate DNAT -j ACCEPT"]
         case "accept_dns":
             return [f"-d {_host(s)} -p {p} -m {p} --dport 53 -j ACCEPT" for s in rule.args for p in ("udp", "tcp")]
         case "accept_cidrs":
@@ -178,13 +190,23 @@ def _rule_args(rule: Rule, family: int, hook: str) -> list[str]:
     raise ValueError(f"unknown rule kind {rule.kind}")
 
 
-def table_part(desired: DesiredState, family: int, forward_anchor: str = "FORWARD", meta: str = "") -> TablePart:
+def _answer_source(server: str, links: Links) -> str:
+    """Where a genuine answer from `server` arrives: -i of the interface its route uses (a
+    resolver on a loopback address: lo). The xtables reverse-path match is refused in the
+    filter table, so the interface read from the routes stands in for it; unknown: not lo."""
+    if is_loopback(server):
+        return "-i lo"
+    iface = links.iface(server)
+    return f"-i {iface}" if iface and iface != "lo" else "! -i lo"
+
+
+def table_part(desired: DesiredState, family: int, forward_anchor: str = "FORWARD", meta: str = "", links: Links = Links()) -> TablePart:
     """Pure: what ramfw installs in one family's filter table for `desired`."""
     part = TablePart(family)
     part.chains[META] = [f"-m comment --comment {save_string(meta or meta_comment(desired, 'auto'))} -j RETURN"]
     main_jumps: dict[str, str] = {}
     for chain in desired.chains:
-        rules = [a for r in chain.rules for a in _rule_args(r, family, chain.hook)]
+        rules = [a for r in chain.rules for a in _rule_args(r, family, chain.hook, links)]
         part.chains[MAIN_CHAIN[chain.hook]] = rules
         prefix = chain.log_prefix + " "
         refuse = [f"-j NFLOG --nflog-prefix {save_string(prefix)} --nflog-group {desired.audit_group}"]
@@ -204,7 +226,9 @@ def table_part(desired: DesiredState, family: int, forward_anchor: str = "FORWAR
         else:
             action = f"-j NFQUEUE --queue-num {dns.queue_num} --queue-bypass"
         part.chains[DNS_OUT] = [f"-d {_host(s)} -p {p} -m {p} --dport 53 -j NFLOG --nflog-group {dns.query_group}" for s in servers for p in ("udp", "tcp")]
-        part.chains[DNS_IN] = [f"-s {_host(s)} -p {p} -m {p} --sport 53 {action}" for s in servers for p in ("udp", "tcp")]
+        # Only answers from where the resolver really is: a forged one (right tuple, sent over
+        # loopback or from a container bridge by a process with CAP_NET_RAW) is not credited.
+        part.chains[DNS_IN] = [f"-s {_host(s)} {_answer_source(s, links)} -p {p} -m {p} --sport 53 {action}" for s in servers for p in ("udp", "tcp")]
         if "input" in dns.hooks:
             dns_jumps["OUTPUT"] = [DNS_OUT]
             dns_jumps["INPUT"] = [DNS_IN]
@@ -678,6 +702,8 @@ class IptablesBackend(Backend):
         self.use_python_iptables = _iptc_available() if use_python_iptables is None else use_python_iptables
         self._ipset: IpsetSocket | None = None
         self._lock = threading.RLock()
+        self.links = Links()  # read from the namespace at every apply; dry-run renders without
+        self._owned = OwnedElements()
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -785,7 +811,7 @@ class IptablesBackend(Backend):
             out.append(ipset_create_line(set_name, len(elements)))
             out += [f"add {IPSET[set_name]} {e.ip} timeout {max(0, min(e.timeout, MAX_TIMEOUT))}" for e in elements]
         for family in (4, 6):
-            part = table_part(desired, family, forward_anchor, meta)
+            part = table_part(desired, family, forward_anchor, meta, self.links)  # routes as last applied (none: dry-run)
             tool = "iptables" if family == 4 else "ip6tables"
             out.append(f"# {tool}-restore --noflush   (RAMFW-FWD is jumped to from DOCKER-USER when that chain exists)")
             out += restore_script(plan_write(part, None))
@@ -797,12 +823,13 @@ class IptablesBackend(Backend):
         with self._lock:
             flavour = self._flavour()
             dumps = {f: read_filter(self.netns_name, flavour, f) for f in (4, 6)}
+            links = read_links(self.netns_name, desired.dns.servers4 + desired.dns.servers6)
             parts = {}
             for family in (4, 6):
                 dump = dumps[family]
                 anchor = DOCKER_USER if dump is not None and DOCKER_USER in dump.chains else "FORWARD"
                 created = self._nft_created(family, dump) if flavour == "nft" else set()
-                parts[family] = table_part(desired, family, anchor, meta_comment(desired, flavour, created))
+                parts[family] = table_part(desired, family, anchor, meta_comment(desired, flavour, created), links)
             plans = {f: plan_write(parts[f], dumps[f]) for f in (4, 6)}
             staged = self._stage_sets(desired)
             done = []
@@ -819,6 +846,8 @@ class IptablesBackend(Backend):
                 self._unstage_sets(staged)
                 raise
             self._finish_sets(staged, desired)
+            self.links = links
+            self._owned.reset({name: [e.ip for e in elems] for name, elems in desired.sets.items()})
             self._clear_other_flavour(flavour)
             log.debug("applied iptables-%s rules and %d set elements", flavour, desired.element_count())
 
@@ -946,6 +975,7 @@ class IptablesBackend(Backend):
         with self._lock:
             for set_name, elems in elements.items():
                 if elems:
+                    self._owned.add(set_name, [e.ip for e in elems])  # before the kernel has it
                     self.ipset.add(IPSET[set_name], elems)
 
     def remove_elements(self, elements: dict[str, list[str]]) -> None:
@@ -953,6 +983,7 @@ class IptablesBackend(Backend):
             for set_name, ips in elements.items():
                 if ips:
                     self.ipset.delete(IPSET[set_name], ips)
+                    self._owned.remove(set_name, ips)
 
     # ---- removing ---------------------------------------------------------------------------
 
@@ -1032,8 +1063,17 @@ class IptablesBackend(Backend):
                     state.sets[set_name] = self.ipset.list(live)[1] if with_elements else {}
             return state
 
-    def check(self, desired: DesiredState) -> list[str]:
+    def set_sizes(self) -> dict[str, int]:
+        """From each ipset's header: one small message per set, whatever its size."""
         with self._lock:
+            return {name: self.ipset.count(live) for name, live in IPSET.items() if self.ipset.exists(live)}
+
+    def check(self, desired: DesiredState) -> list[str]:
+        """Problems where the kernel differs from what apply() writes: every rule of ramfw's
+        chains compared by content (iptables-save's canonical text against the rendered rule,
+        with the routes read now), the jumps, the sets, and set elements ramfw did not add."""
+        with self._lock:
+            links = read_links(self.netns_name, desired.dns.servers4 + desired.dns.servers6)
             located, dumps = self._locate()
             problems = []
             flavour = self.flavour or located
@@ -1052,7 +1092,7 @@ class IptablesBackend(Backend):
                 tool = TOOL[(flavour, family)]
                 dump = dumps[family] or TableDump()
                 anchor = DOCKER_USER if DOCKER_USER in dump.chains else "FORWARD"
-                part = table_part(desired, family, anchor)
+                part = table_part(desired, family, anchor, links=links)
                 for chain, rules in part.chains.items():
                     have = dump.rules.get(chain)
                     if chain not in dump.chains:
@@ -1060,6 +1100,10 @@ class IptablesBackend(Backend):
                             problems.append(f"chain {chain} ({tool}) is missing")
                     elif len(have) != len(rules):
                         problems.append(f"chain {chain} ({tool}) has {len(have)} rules instead of {len(rules)}")
+                    elif chain != META:  # META's comment varies with the flavour; its digest is checked above
+                        changed = [i + 1 for i, ((args, _p, _b), want) in enumerate(zip(have, rules)) if args != want]
+                        if changed:
+                            problems.append(f"chain {chain} ({tool}) was edited: rule(s) {', '.join(map(str, changed))} differ from ramfw's")
                 for extra in sorted(set(dump.ours()) - set(part.chains)):
                     problems.append(f"chain {extra} ({tool}) is not ramfw's")
                 for anchor_chain, targets in part.jumps.items():
@@ -1078,4 +1122,8 @@ class IptablesBackend(Backend):
             for set_name in desired.sets:
                 if not self.ipset.exists(IPSET[set_name]):
                     problems.append(f"set {IPSET[set_name]} is missing")
+                    continue
+                foreign = self._owned.foreign(set_name, self.ipset.list(IPSET[set_name])[1]) if self._owned.known else []
+                if foreign:
+                    problems.append(f"set {IPSET[set_name]} holds {len(foreign)} element(s) ramfw did not add: {', '.join(foreign[:5])}")
             return problems

@@ -21,6 +21,8 @@ from ..errors import BackendError
 from ..plan import DesiredState, Element, Rule
 from .base import Backend, KernelState, Probe
 from .libnft import NftContext
+from .links import Links, is_loopback, read_links
+from .owned import OwnedElements
 from .nftnl import NftElementWriter, NftReader
 
 log = logging.getLogger(__name__)
@@ -34,10 +36,15 @@ REFUSE_CHAIN = {"output": "refuse_output", "forward": "refuse_forward"}
 DNS_CHAIN = {"output": "dns_output", "input": "dns_input", "forward": "dns_forward"}
 SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 ADDR = {4: "ip", 6: "ip6"}
-ICMPV6_ESSENTIALS = (
-    "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, "
-    "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
-)
+# Neighbour discovery is only valid with hop limit 255 (RFC 4861: a receiver drops anything
+# else) and only towards the link: link-local, link-scope multicast, or a neighbour on a
+# directly connected network. MLD travels with hop limit 1 to multicast groups (RFC 3810).
+# Neither may reach an address behind a gateway: that would be a tunnel to the internet.
+ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
+MLD_TYPES = "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
+LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
+DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")  # All_DHCP_Relay_Agents_and_Servers; link-local unicast
+DHCP4_BROADCAST = ("255.255.255.255",)
 
 
 @dataclass
@@ -82,6 +89,9 @@ class NftBackend(Backend):
         self.features = features if features is not None else {}
         self._ctx: NftContext | None = None
         self._element_writer: NftElementWriter | None = None
+        self.links = Links()  # read from the namespace at every apply; dry-run renders without
+        self._applied: dict[str, str] = {}  # chain -> digest read back right after our apply
+        self._owned = OwnedElements()
 
     @property
     def ctx(self) -> NftContext:
@@ -149,7 +159,13 @@ class NftBackend(Backend):
         return chains
 
     def _dns_chains(self, desired: DesiredState) -> list[ChainText]:
-        """Questions to the trusted servers are logged, answers from them held or copied."""
+        """Questions to the trusted servers are logged, answers from them held or copied.
+
+        An answer counts only if it arrived where its resolver really is: a resolver on a
+        loopback address over `lo`, any other over the interface the route back to it uses
+        (`fib saddr . iif oif`: a strict reverse-path check). The same source address arriving
+        over loopback, or from a container bridge, is a forgery by a process that knows the
+        question's tuple (it asked it) and holds CAP_NET_RAW: it is neither held nor credited."""
         dns = desired.dns
         if dns.mode == "off":
             return []
@@ -157,9 +173,16 @@ class NftBackend(Backend):
         l4 = "meta l4proto { tcp, udp }"
         queries, answers = [], []
         for family, servers in ((4, dns.servers4), (6, dns.servers6)):
-            if servers:
-                queries.append(f"{ADDR[family]} daddr {_addrs(servers)} {l4} th dport 53 log group {dns.query_group}")
-                answers.append(f'{ADDR[family]} saddr {_addrs(servers)} {l4} th sport 53 counter name "dns_answers" {action}'.rstrip())
+            if not servers:
+                continue
+            queries.append(f"{ADDR[family]} daddr {_addrs(servers)} {l4} th dport 53 log group {dns.query_group}")
+            local = [s for s in servers if is_loopback(s)]
+            remote = [s for s in servers if not is_loopback(s)]
+            tail = f'{l4} th sport 53 counter name "dns_answers" {action}'.rstrip()
+            if remote:
+                answers.append(f'{ADDR[family]} saddr {_addrs(remote)} iifname != "lo" fib saddr . iif oif exists {tail}')
+            if local:
+                answers.append(f'{ADDR[family]} saddr {_addrs(local)} iifname "lo" {tail}')
         chains = []
         if "input" in dns.hooks:
             chains.append(ChainText(DNS_CHAIN["output"], "output", DNS_PRIORITY, tuple(queries)))
@@ -189,15 +212,17 @@ class NftBackend(Backend):
             case "accept_internal":
                 return [f'oifname "{name}" accept' for name in rule.args]
             case "accept_link_local":
-                rules = [
-                    f"icmpv6 type {{ {ICMPV6_ESSENTIALS} }} accept",
-                    "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
-                    "meta nfproto ipv6 udp dport 547 accept",
+                # Only what the link protocols need, only towards the link (see ND_TYPES).
+                on6, on4 = self.links.onlink6, self.links.onlink4
+                return [
+                    f"icmpv6 type {{ {ND_TYPES} }} ip6 hoplimit 255 ip6 daddr {_addrs(LINK_LOCAL6 + on6)} accept",
+                    f"icmpv6 type {{ {MLD_TYPES} }} ip6 hoplimit 1 ip6 daddr ff00::/8 accept",
+                    f"meta nfproto ipv4 udp sport 68 udp dport 67 ip daddr {_addrs(DHCP4_BROADCAST + on4)} accept",
+                    f"meta nfproto ipv6 udp sport 546 udp dport 547 ip6 daddr {_addrs(DHCP6_SERVERS + on6)} accept",
                 ]
-                if hook == "forward":
-                    # Published ports: inbound connections DNATed to containers are not egress.
-                    rules.append("ct status dnat accept")
-                return rules
+            case "accept_published":
+                # Published ports: inbound connections DNATed to containers are not egress.
+                return ["ct status dnat accept"]
             case "accept_dns":
                 return [f"{ADDR[rule.family]} daddr {_addrs(rule.args)} meta l4proto {{ tcp, udp }} th dport 53 accept"]
             case "accept_cidrs":
@@ -231,6 +256,7 @@ class NftBackend(Backend):
     # ---- applying ---------------------------------------------------------------------------
 
     def apply(self, desired: DesiredState) -> None:
+        before, self.links = self.links, read_links(self.netns_name, desired.dns.servers4 + desired.dns.servers6)
         with self._reader() as r:
             exists = r.table_comment() is not None
             have_chains = r.chains() if exists else {}
@@ -254,6 +280,7 @@ class NftBackend(Backend):
         try:
             self.ctx.run("\n".join(lines) + "\n" + self.render(desired, counters))
         except BackendError as exc:
+            self.links = before  # the previous ruleset, rendered with the previous routes, stays
             path = next((r.args[0] for c in desired.chains for r in c.rules if r.kind == "bypass_cgroup"), None)
             if path and "cgroupv2 path fails" in str(exc):
                 raise BackendError(
@@ -261,6 +288,10 @@ class NftBackend(Backend):
                     "only there); create the cgroup, or on a host whose cgroup v2 tree is elsewhere use --backend iptables"
                 ) from None
             raise
+        # What was applied, as the kernel holds it: check() compares against this, by content.
+        self._owned.reset({name: [e.ip for e in elems] for name, elems in desired.sets.items()})
+        with self._reader() as r:
+            self._applied = r.chain_digests()
         log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
 
     def _counter_names(self, desired: DesiredState) -> list[str]:
@@ -273,10 +304,14 @@ class NftBackend(Backend):
         return self._element_writer
 
     def add_elements(self, elements: dict[str, list[Element]]) -> None:
+        for name, elems in elements.items():
+            self._owned.add(name, [e.ip for e in elems])  # before the kernel has it: never "foreign"
         self._writer().add({name: [(e.ip, e.timeout) for e in elems] for name, elems in elements.items() if elems})
 
     def remove_elements(self, elements: dict[str, list[str]]) -> None:
         self._writer().remove({name: list(ips) for name, ips in elements.items() if ips})
+        for name, ips in elements.items():
+            self._owned.remove(name, ips)
 
     def destroy(self) -> bool:
         if not self._table_exists():
@@ -308,21 +343,38 @@ class NftBackend(Backend):
         return state
 
     def check(self, desired: DesiredState) -> list[str]:
+        """Problems where the kernel differs from what this backend applied: missing or foreign
+        chains, a chain whose content (hook, policy, every rule's expressions and comment) is
+        not what was applied, routes that changed the exception rules, and set elements ramfw
+        did not put there. Without an apply in this process, rule counts are compared instead."""
         state = self.read_state(with_elements=False)
         if not state.installed:
             return [f"table {FAMILY} {TABLE} is missing"]
         problems = []
         if state.meta.get("policy") != desired.policy_digest:
             problems.append(f"table {FAMILY} {TABLE} holds policy {state.meta.get('policy')} instead of {desired.policy_digest}")
-        for chain in self.chains(desired):
+        if self._applied:
+            links = read_links(self.netns_name, desired.dns.servers4 + desired.dns.servers6)
+            if links != self.links:
+                problems.append(f"routes changed since the last apply (connected networks or the way to a resolver): {links}")
+        wanted = self.chains(desired)
+        with self._reader() as r:
+            digests = r.chain_digests() if self._applied else {}
+            foreign = {name: self._owned.foreign(name, r.elements(name)) for name in desired.sets if name in state.sets}
+        for chain in wanted:
             have = state.chains.get(chain.name)
             if have is None:
                 problems.append(f"chain {chain.name} is missing")
             elif have != len(chain.rules):
                 problems.append(f"chain {chain.name} has {have} rules instead of {len(chain.rules)}")
-        for extra in sorted(set(state.chains) - {c.name for c in self.chains(desired)}):
+            elif self._applied and digests.get(chain.name) != self._applied.get(chain.name):
+                problems.append(f"chain {chain.name} was edited: its rules are not the ones ramfw applied")
+        for extra in sorted(set(state.chains) - {c.name for c in wanted}):
             problems.append(f"chain {extra} is not ramfw's")
         for set_name in desired.sets:
             if set_name not in state.sets:
                 problems.append(f"set {set_name} is missing")
+            elif foreign.get(set_name):
+                ips = foreign[set_name]
+                problems.append(f"set {set_name} holds {len(ips)} element(s) ramfw did not add: {', '.join(ips[:5])}")
         return problems

@@ -165,6 +165,38 @@ class NftReader:
             out += _udata_strings(body, *a[7], wanted=0)
         return out
 
+    def chain_digests(self) -> dict[str, str]:
+        """chain name -> digest of its hook, policy and rules as the kernel holds them.
+
+        Taken right after an apply, this is what ramfw put there; a later difference means
+        somebody edited the chain (a rule replaced with `accept` keeps the rule count).
+        Counter values change with traffic, so a counter expression contributes its name only."""
+        import hashlib
+
+        digests: dict[str, "hashlib._Hash"] = {}
+        for body in self._request(NFT_MSG_GETCHAIN, self._table_attr(1), dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(1, (0, 0))) != self.table or 3 not in a:
+                continue
+            h = digests.setdefault(_str(body, *a[3]), hashlib.sha256())
+            for key in (4, 5):  # NFTA_CHAIN_HOOK (hook number, priority), NFTA_CHAIN_POLICY
+                h.update(bytes([key]) + (bytes(body[slice(*a[key])]) if key in a else b"-"))
+        for body in self._request(NFT_MSG_GETRULE, self._table_attr(1), dump=True):
+            a = _attrs(body, 0, len(body))
+            if _str(body, *a.get(1, (0, 0))) != self.table or 2 not in a:
+                continue
+            h = digests.setdefault(_str(body, *a[2]), hashlib.sha256())
+            h.update(b"\nrule")
+            for _t, s, e in iter_nlattrs(body, *a.get(4, (0, 0))):  # NFTA_RULE_EXPRESSIONS
+                ex = _attrs(body, s, e)
+                name = _str(body, *ex.get(1, (0, 0)))
+                h.update(b"|" + name.encode())
+                if name != "counter" and 2 in ex:
+                    h.update(bytes(body[slice(*ex[2])]))
+            if 7 in a:  # NFTA_RULE_USERDATA: the comment (carries the policy digest)
+                h.update(b"#" + bytes(body[slice(*a[7])]))
+        return {name: h.hexdigest() for name, h in digests.items()}
+
     def sets(self) -> list[str]:
         names = []
         for body in self._request(NFT_MSG_GETSET, self._table_attr(1), dump=True):

@@ -414,7 +414,8 @@ def test_check_names_a_deleted_jump_and_apply_repairs_it(net, backend, flavour):
     xt(net.client, flavour, 4, "-A", "RAMFW-OUT", "-j", "ACCEPT")
     problems = backend.check(d)
     assert f"jump from OUTPUT to RAMFW-OUT ({ipt.TOOL[(flavour, 6)]}) is not rule 1" in problems
-    assert f"chain RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) has 8 rules instead of 7" in problems
+    want = len(ipt.table_part(d, 4, links=backend.links).chains["RAMFW-OUT"])
+    assert f"chain RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) has {want + 1} rules instead of {want}" in problems
     other = desired('allow = ["reg.other.test"]', OTHER)
     assert any("holds policy" in p for p in backend.check(other))
     backend.apply(d)
@@ -510,8 +511,9 @@ def test_render_is_pure(flavour):
     text = b.render(desired(ALLOW + "\n[scope]\nforward = true", ALLOWED, snoop="log"))
     assert "-A RAMFW-REFUSE-OUT -j DROP" in text  # log mode: drop so TCP retries
     assert '-A RAMFW-REFUSE-FWD -j NFLOG --nflog-prefix "ramfw-block-fwd " --nflog-group 3731' in text
-    assert f"-A RAMFW-DNS-IN -s {DNS4}/32 -p udp -m udp --sport 53 -j NFLOG --nflog-group {DNS_LOG_GROUP}" in text
-    assert f"-A RAMFW-DNS-IN -s {DNS6}/128 -p tcp -m tcp --sport 53 -j NFLOG --nflog-group {DNS_LOG_GROUP}" in text
+    # no routes known without a namespace: answers count at least never when they come over lo
+    assert f"-A RAMFW-DNS-IN -s {DNS4}/32 ! -i lo -p udp -m udp --sport 53 -j NFLOG --nflog-group {DNS_LOG_GROUP}" in text
+    assert f"-A RAMFW-DNS-IN -s {DNS6}/128 ! -i lo -p tcp -m tcp --sport 53 -j NFLOG --nflog-group {DNS_LOG_GROUP}" in text
     assert f"add ramfw-allow6 {ALLOWED['reg.allowed.test'][1]} timeout 300" in text
 
 

@@ -1072,7 +1072,7 @@ def _queue_chain_ok(bed: Bed, tool: str) -> bool:
     """The chain exists, jumped to from PREROUTING; for IPv4 (the policies here trust an IPv4
     server) it queues that server's answers."""
     rc, rules, jump = _queue_chain(bed, tool)
-    return rc == 0 and jump == 0 and (tool != "iptables-nft" or f"-s {SERVER4}/32 -p udp" in rules)
+    return rc == 0 and jump == 0 and (tool != "iptables-nft" or f"-s {SERVER4}/32 ! -i lo -p udp" in rules)
 
 
 def _wait(cond, timeout: float, step: float = 0.1) -> float | None:

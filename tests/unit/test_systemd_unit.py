@@ -47,3 +47,25 @@ def test_install_writes_unit_and_default_policy(tmp_path):
 def test_install_refuses_paths_systemd_would_split():
     r = ramfw("install", "--print", "--policy", "/etc/my policy.toml")
     assert r.returncode == 2 and "white space" in r.stderr
+
+
+def test_install_writes_engine_dropins_that_require_ramfw(tmp_path):
+    from ramfw.install import dropin_paths, render_dropin
+
+    units = tmp_path / "units"
+    r = ramfw("install", "--unit-dir", str(units), "--policy", str(tmp_path / "policy.toml"))
+    assert r.returncode == 0, r.stderr
+    for engine, path in dropin_paths(str(units)).items():
+        text = open(path).read()
+        assert path == str(units / f"{engine}.d" / "ramfw.conf")
+        assert text == render_dropin(engine)
+        assert re.search(r"^\[Unit\]$", text, re.M)
+        assert re.search(r"^Requires=ramfw\.service$", text, re.M) and re.search(r"^After=ramfw\.service$", text, re.M)
+        assert f"wrote {path}" in r.stdout
+    # systemd accepts them: a stand-in engine unit with the drop-in next to ramfw.service
+    engine = units / "docker.service"
+    engine.write_text("[Unit]\nDescription=stand-in engine\n[Service]\nExecStart=/bin/true\n")
+    verify = subprocess.run(["systemd-analyze", "verify", str(engine)], capture_output=True, text=True,
+                            env={"SYSTEMD_UNIT_PATH": f"{units}:", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
+    assert "ramfw.conf" not in verify.stderr and "Unknown" not in verify.stderr
