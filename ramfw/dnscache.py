@@ -71,7 +71,7 @@ class DnsCache:
         self._lock = threading.Lock()
         # name -> {ip: Learned}; ordered by the last answer that touched the name (oldest first)
         self._by_name: OrderedDict[str, dict[str, Learned]] = OrderedDict()
-        self._by_ip: dict[str, set[str]] = {}
+        self._by_ip: dict[str, tuple[str, ...]] = {}  # tuples: one name almost always, a quarter of a set
         self._pairs = 0  # sum of len(ips) over _by_name, kept current
         # ip -> names it was credited to, outliving expiry; oldest first, at most max_addresses
         # (a tuple: almost always one name, and a tuple costs a quarter of a frozenset)
@@ -130,7 +130,9 @@ class DnsCache:
             if known is None:
                 ips[ip_s] = Learned(expiry, now, via or (name,), source)
                 self._pairs += 1
-                self._by_ip.setdefault(ip_s, set()).add(name)
+                names = self._by_ip.get(ip_s, ())
+                if name not in names:
+                    self._by_ip[ip_s] = names + (name,)
                 self._remember(ip_s)
             elif expiry > known.expiry + min(30.0, 0.1 * (expiry - now)):
                 known.expiry = expiry
@@ -148,7 +150,7 @@ class DnsCache:
 
     def _remember(self, ip: str, names=()) -> None:
         old = self._memory.pop(ip, ())
-        merged = set(old) | set(names) | self._by_ip.get(ip, set())
+        merged = set(old) | set(names) | set(self._by_ip.get(ip, ()))
         self._memory[ip] = old if len(merged) == len(old) else tuple(sorted(merged))
         while len(self._memory) > self.max_addresses:
             self._memory.popitem(last=False)
@@ -184,8 +186,10 @@ class DnsCache:
         self._pairs -= 1
         names = self._by_ip.get(ip)
         if names is not None:
-            names.discard(name)
-            if not names:
+            rest = tuple(n for n in names if n != name)
+            if rest:
+                self._by_ip[ip] = rest
+            else:
                 del self._by_ip[ip]
 
     def gc(self, now: float | None = None) -> list[Change]:

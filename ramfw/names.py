@@ -144,7 +144,7 @@ class PatternSet(Generic[T]):
     Names must already be normalised.
     """
 
-    _MEMO_LIMIT = 65536
+    _MEMO_LIMIT = 8192  # a flood of distinct names must not grow it: 65,536 cost ~30 MB across two sets
 
     def __init__(self, items: Iterable[tuple[Pattern, T]] = ()):
         self._exact: dict[str, list[T]] = {}

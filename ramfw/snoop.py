@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import selectors
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -128,7 +129,7 @@ class Snooper:
         self.queue_num, self.answer_group, self.query_group = queue_num, answer_group, query_group
         self.fallback = fallback
         self.flush = flush or (lambda: None)  # programs what credit() deferred, in one transaction
-        self.tracker = QuestionTracker(timeout=5.0, limit=16384, clock=clock)
+        self.tracker = QuestionTracker(timeout=5.0, limit=8192, clock=clock)
         self.answer_streams = TcpDnsReassembler()
         self.query_streams = TcpDnsReassembler()
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -175,7 +176,8 @@ class Snooper:
         server = ip_text(pkt.dst)
         if server not in self.trusted or pkt.dport != 53:
             return
-        client = ip_text(pkt.src)
+        # interned: thousands of outstanding questions share a handful of addresses
+        server, client = sys.intern(server), sys.intern(ip_text(pkt.src))
         if pkt.proto == PROTO_UDP:
             raws = [pkt.payload]
         else:
