@@ -12,6 +12,25 @@ def run_ramfw(*args, timeout=60, check=None):
     return proc
 
 
+def events(ns):
+    """`ramfw events --json` for a namespace, parsed."""
+    import json
+
+    return json.loads(run_ramfw("events", "--netns", ns, "--json", check=0).stdout)
+
+
+def wait_for(fn, timeout=5.0):
+    """Poll fn() every 50 ms until it returns something true or `timeout` passes; its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
 class Controller:
     """`ramfw run` as a background process, as systemd would run it; stderr kept for asserts."""
 

@@ -707,3 +707,20 @@ def testbed():
     require_root()
     with Testbed() as tb:
         yield tb
+
+
+def set_addresses(tb: "Testbed", ns: str, set_name: str, backend: str = "nft", family: str = "inet",
+                  table: str = "ramfw", timeout: float = 300) -> set[str]:
+    """Addresses in a kernel set, read with the admin's tools: `nft -j list set` (ramfw's
+    `allow4` … or any table's set) or, for the iptables backend, `ipset list ramfw-<set_name>`."""
+    if backend == "iptables":
+        out = tb.run(ns, "ipset", "list", f"ramfw-{set_name}", timeout=timeout).stdout
+        members = out.split("Members:", 1)[1].split()
+        return {str(ipaddress.ip_address(m)) for m in members if ":" in m or m.count(".") == 3}
+    out = tb.run(ns, "nft", "-j", "list", "set", family, table, set_name, timeout=timeout).stdout
+    found = set()
+    for item in json.loads(out)["nftables"]:
+        for e in item.get("set", {}).get("elem", []):
+            val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
+            found.add(str(ipaddress.ip_address(val)))
+    return found

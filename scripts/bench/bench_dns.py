@@ -10,6 +10,7 @@
 Every answer names a distinct AAAA address, so each one is new to both tools.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -159,23 +160,31 @@ def run_mode(tb: Testbed, mode: str, env) -> dict:
         subprocess.run([sys.executable, "-m", "ramfw.cli", "down", "--netns", tb.client], capture_output=True, env=env)
 
 
-def dnsmasq_reference(tb: Testbed) -> tuple[float, int]:
-    """dnsmasq in the client namespace, forwarding to the testbed DNS, adding every answer to an
-    nft set (--nftset), no cache (so every query is forwarded and every answer added)."""
+@contextlib.contextmanager
+def dnsmasq_nftset(tb: Testbed, domain: str, set_timeout: str = ""):
+    """dnsmasq in the client namespace on 127.0.0.1, forwarding to the testbed DNS with no cache
+    (every query forwarded, every answer added) and adding each IPv6 answer under `domain` to
+    the nft set `inet dnsmasqref allow6` (--nftset): the closest existing tool to ramfw's job."""
     tb.run(tb.client, "nft", "add table inet dnsmasqref")
-    tb.run(tb.client, "nft", "add set inet dnsmasqref allow6 { type ipv6_addr; flags timeout; }")
+    timeout = f" timeout {set_timeout};" if set_timeout else ""
+    tb.run(tb.client, "nft", f"add set inet dnsmasqref allow6 {{ type ipv6_addr; flags timeout;{timeout} }}")
     proc = tb.spawn(
         tb.client, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--cache-size=0",
-        "--listen-address=127.0.0.1", "--bind-interfaces", f"--server={DNS4}",
-        "--nftset=/bench.test/6#inet#dnsmasqref#allow6", f"--pid-file={tb.run_dir}/dnsmasq-ref.pid",
+        "--dns-forward-max=4096", "--listen-address=127.0.0.1", "--bind-interfaces", f"--server={DNS4}",
+        f"--nftset=/{domain}/6#inet#dnsmasqref#allow6", f"--pid-file={tb.run_dir}/dnsmasq-ref.pid",
     )
     try:
         time.sleep(0.5)
-        return dnsperf(tb, "127.0.0.1")
+        yield "127.0.0.1"
     finally:
         proc.terminate()
         proc.wait(timeout=5)
         tb.run(tb.client, "nft", "delete table inet dnsmasqref")
+
+
+def dnsmasq_reference(tb: Testbed) -> tuple[float, int]:
+    with dnsmasq_nftset(tb, "bench.test") as server:
+        return dnsperf(tb, server)
 
 
 def main():

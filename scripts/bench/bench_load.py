@@ -23,22 +23,12 @@ import threading
 import time
 
 from flood import flood, flood_names
-from testbed import DNS4, Testbed
+from bench_dns import dnsmasq_nftset, rss_mb
+from testbed import DNS4, Testbed, set_addresses
 
 DISTINCT = 300_000
 CHECKED = 50_000
 SECONDS = 40
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def counters(ns: str, env) -> dict:
@@ -59,15 +49,7 @@ def dnsperf(tb: Testbed, server: str, names: list[str]) -> tuple[float, float]:
 
 
 def nft_set(tb: Testbed, family: str, table: str, name: str) -> set[str]:
-    import ipaddress
-
-    out = tb.run(tb.client, "nft", "-j", "list", "set", family, table, name, timeout=300).stdout
-    found = set()
-    for item in json.loads(out)["nftables"]:
-        for e in item.get("set", {}).get("elem", []):
-            val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-            found.add(str(ipaddress.ip_address(val)))
-    return found
+    return set_addresses(tb, tb.client, name, "nft", family, table)
 
 
 def delivered_in_set(tb, server: str, names: list[str], set_reader) -> tuple[int, float]:
@@ -120,23 +102,11 @@ def ramfw_run(tb: Testbed, load: list[str], check: list[str], env) -> dict:
 
 
 def dnsmasq_run(tb: Testbed, load: list[str], check: list[str]) -> dict:
-    tb.run(tb.client, "nft", "add table inet dnsmasqref")
-    tb.run(tb.client, "nft", "add set inet dnsmasqref allow6 { type ipv6_addr; flags timeout; timeout 1h; }")
-    proc = tb.spawn(
-        tb.client, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--cache-size=0",
-        "--dns-forward-max=4096", "--listen-address=127.0.0.1", "--bind-interfaces", f"--server={DNS4}",
-        "--nftset=/distinct.test/6#inet#dnsmasqref#allow6", f"--pid-file={tb.run_dir}/dnsmasq-ref.pid",
-    )
-    try:
-        time.sleep(0.5)
-        qps, seconds = dnsperf(tb, "127.0.0.1", load)
+    with dnsmasq_nftset(tb, "distinct.test", set_timeout="1h") as server:
+        qps, seconds = dnsperf(tb, server, load)
         added = len(nft_set(tb, "inet", "dnsmasqref", "allow6"))
-        delivered, fraction = delivered_in_set(tb, "127.0.0.1", check, lambda: nft_set(tb, "inet", "dnsmasqref", "allow6"))
+        delivered, fraction = delivered_in_set(tb, server, check, lambda: nft_set(tb, "inet", "dnsmasqref", "allow6"))
         return dict(qps=qps, rate=added / seconds, delivered=delivered, fraction=fraction)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
-        tb.run(tb.client, "nft", "delete table inet dnsmasqref")
 
 
 def main():

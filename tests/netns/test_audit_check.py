@@ -1,11 +1,10 @@
 """events, check and explain against a running controller, with real blocked attempts."""
 
 import json
-import time
 
 import pytest
 
-from runcli import Controller, run_ramfw
+from runcli import Controller, events, run_ramfw, wait_for
 
 A4, A6, B4, Q4 = "198.51.100.10", "2001:db8:100::10", "198.51.100.20", "198.51.100.21"
 
@@ -30,17 +29,6 @@ def enforced(testbed, state_dir, tmp_path):
         run_ramfw("down", "--netns", testbed.client)
 
 
-def events(ns):
-    return json.loads(run_ramfw("events", "--netns", ns, "--json", check=0).stdout)
-
-
-def wait_for(fn, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def test_blocked_attempts_become_events_with_hostnames(enforced):

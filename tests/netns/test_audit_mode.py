@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from ramfw.policy import parse_policy  # noqa: E402
-from runcli import Controller, run_ramfw  # noqa: E402
+from runcli import Controller, events, run_ramfw, wait_for  # noqa: E402
 from test_service import metric, scrape_unix  # noqa: E402
 
 A4, U4, U6, B4 = "198.51.100.10", "198.51.100.40", "2001:db8:100::40", "198.51.100.20"
@@ -46,17 +46,6 @@ def start(tb, policy_path, *extra):
     return ctl
 
 
-def events(ns):
-    return json.loads(run_ramfw("events", "--netns", ns, "--json", check=0).stdout)
-
-
-def wait_for(fn, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def status_json(ns):

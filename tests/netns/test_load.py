@@ -32,7 +32,7 @@ if str(HERE) not in sys.path:
 
 from flood import flood, flood_names  # noqa: E402
 from test_snoop import Ctl, Listener, addresses, connect_here, policy_toml, write_atomic  # noqa: E402
-from testbed import DNS4, Testbed, require_root, root_ns_fingerprint  # noqa: E402
+from testbed import DNS4, Testbed, require_root, root_ns_fingerprint, set_addresses  # noqa: E402
 
 FRESH4 = "198.51.100.70"
 KEEP_OLD4 = "198.51.100.71"
@@ -57,20 +57,7 @@ def make_bed(tb: Testbed, tmp: Path, backend: str):
     bed = SimpleNamespace(tb=tb, tmp=tmp, backend=backend, client=tb.client, inet=tb.inet)
 
     def set_ips(name: str) -> set[str]:
-        import ipaddress
-        import json
-
-        if backend == "iptables":
-            out = tb.run(tb.client, "ipset", "list", f"ramfw-{name}", timeout=120).stdout
-            members = out.split("Members:", 1)[1].split()
-            return {str(ipaddress.ip_address(m)) for m in members if ":" in m or m.count(".") == 3}
-        out = tb.run(tb.client, "nft", "-j", "list", "set", "inet", "ramfw", name, timeout=120).stdout
-        found = set()
-        for item in json.loads(out)["nftables"]:
-            for e in item.get("set", {}).get("elem", []):
-                val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-                found.add(str(ipaddress.ip_address(val)))
-        return found
+        return set_addresses(tb, tb.client, name, backend)
 
     bed.set_ips = set_ips
     return bed

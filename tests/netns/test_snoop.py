@@ -46,7 +46,7 @@ if str(TESTS) not in sys.path:
 
 from dnsserver import DnsServer, Request, answer  # noqa: E402
 from forge import Forger  # noqa: E402
-from testbed import CLIENT4, CLIENT6, Testbed, require_root, root_ns_fingerprint  # noqa: E402
+from testbed import CLIENT4, CLIENT6, Testbed, require_root, root_ns_fingerprint, set_addresses  # noqa: E402
 from testbed import kernel_ruleset as nft_ruleset  # noqa: E402  (every tool's view: either backend)
 
 SERVER4 = "198.51.100.54"
@@ -200,17 +200,7 @@ class Bed:
     def set_ips(self, name: str = "allow4") -> set[str]:
         """Addresses in ramfw's set <name> in the client namespace, read with the admin's tools:
         `nft` for the nft backend, `ipset list` for the iptables one."""
-        if self.backend == "iptables":
-            p = self.tb.run(self.client, "ipset", "list", f"ramfw-{name}")
-            members = p.stdout.split("Members:", 1)[1].split()
-            return {str(ipaddress.ip_address(m)) for m in members if ":" in m or m.count(".") == 3}
-        p = self.tb.run(self.client, "nft", "-j", "list", "set", "inet", "ramfw", name)
-        out = set()
-        for item in json.loads(p.stdout)["nftables"]:
-            for e in item.get("set", {}).get("elem", []):
-                val = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-                out.add(str(ipaddress.ip_address(val)))
-        return out
+        return set_addresses(self.tb, self.client, name, self.backend)
 
     def client_socket(self, family=socket.AF_INET, kind=socket.SOCK_DGRAM) -> socket.socket:
         with netns.entered(self.client):
