@@ -23,6 +23,10 @@ class Counters:
         with self._lock:
             return self._values.get(name, 0)
 
+    def get(self, name: str, default: int = 0) -> int:
+        with self._lock:
+            return self._values.get(name, default)
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._values)
