@@ -109,7 +109,7 @@ class ControllerCollector:
         yield CounterMetricFamily("ramfw_reloads_refused", "Policy reloads refused (invalid policy)", value=ctl.counters["reloads_refused"])
         yield CounterMetricFamily("ramfw_repairs", "Rulesets restored after outside changes", value=ctl.counters["repairs"])
         yield CounterMetricFamily("ramfw_tampered", "Checks that found ramfw's ruleset altered from outside",
-                                  value=ctl.counters.get("tampered", 0))
+                                  value=ctl.counters["tampered"])
         yield GaugeMetricFamily("ramfw_check_interval_seconds", "Seconds between two comparisons of the ruleset with what was applied",
                                 value=ctl.check_interval)
         info = GaugeMetricFamily("ramfw_policy_info", "The enforced policy", labels=["digest", "mode", "source", "backend", "snoop"])

@@ -2,17 +2,28 @@
 
 Layout (IPv4 rules in iptables, IPv6 rules in ip6tables, same names in both):
 
-    OUTPUT       -j RAMFW-DNS-OUT  (DNS snooping on: questions to the trusted servers, NFLOG)
-                 -j RAMFW-OUT      (scope.output)                     first rules of OUTPUT
-    INPUT        -j RAMFW-DNS-IN   (DNS snooping on: answers, NFLOG or NFQUEUE --queue-bypass)
-    DOCKER-USER  -j RAMFW-DNS-OUT, -j RAMFW-DNS-IN (snooping in forward scope)
-    (or FORWARD) -j RAMFW-FWD      (scope.forward; DOCKER-USER when Docker's chain exists)
+    OUTPUT       -p udp/tcp --dport 53 -j RAMFW-DNS-OUT  (DNS snooping on: questions, NFLOG)
+                 ! --ctstate RELATED,ESTABLISHED -j RAMFW-OUT  (scope.output)  first rules of OUTPUT
+    INPUT        -p udp/tcp --sport 53 -j RAMFW-DNS-IN   (snooping on: answers, NFLOG or NFQUEUE)
+    DOCKER-USER  the two DNS jumps (snooping in forward scope), then
+    (or FORWARD) ! --ctstate RELATED,ESTABLISHED -j RAMFW-FWD  (scope.forward; DOCKER-USER when
+                 Docker's chain exists)
     RAMFW-OUT / RAMFW-FWD          the planner's rule skeleton, in the nft backend's order
     RAMFW-REFUSE-OUT / -FWD        NFLOG (audit group, prefix "ramfw-block-out "/"-fwd ") then
                                    REJECT tcp-reset / icmp(6) admin-prohibited, or DROP (log mode)
     RAMFW-META                     never jumped to; one `-m comment` rule carrying the policy
                                    digest, mode, snoop mode, flavour (status reads it back)
     ipsets ramfw-allow4/6, ramfw-block4/6   hash:ip, timeout 0 (per-element timeouts)
+
+The jumps carry their own conditions (see jump_rules) for throughput: iptables-nft gives every
+rule a counter, updated only when the rule's matches succeed, so an unconditional jump costs
+every packet a counter update and a chain traversal, and the established-accept inside RAMFW-OUT
+another counter. Conditioned, an established packet (nearly all of a bulk transfer) fails one
+native `ct state` compare in OUTPUT and goes on: no counter, no jump. Established traffic is
+still never refused by ramfw (it just no longer enters ramfw's chains; RAMFW-OUT keeps its own
+established-accept for anything that reaches it), the DNS chains only ever matched port 53, and
+the DNS jumps stay ahead of the main jump. Jumps written by earlier versions (`-j RAMFW-X`, no
+condition) are still recognised as ramfw's, so a re-apply replaces them and destroy removes them.
 
 Two xtables flavours live side by side in a Linux kernel, and a rule is only visible to the
 tools of its own flavour: iptables-legacy (setsockopt IPT_SO_SET_REPLACE on per-namespace legacy
@@ -102,6 +113,7 @@ MLD_TYPES = (130, 131, 132, 143)
 LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
 DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")
 DHCP4_BROADCAST = ("255.255.255.255",)
+ESTABLISHED = "-m conntrack ! --ctstate RELATED,ESTABLISHED"  # as iptables-save prints it
 COUNTER_CHAINS = {"refuse_output": REFUSE_CHAIN["output"], "refuse_forward": REFUSE_CHAIN["forward"], "dns_answers": DNS_IN}
 
 
@@ -136,14 +148,39 @@ def parse_meta(comment: str) -> dict[str, str]:
 @dataclass
 class TablePart:
     """ramfw's part of one family's filter table: its chains (rules as iptables-save prints them,
-    without "-A CHAIN") and the jumps that must be the first rules of other chains."""
+    without "-A CHAIN") and the jump rules that must be the first rules of other chains."""
 
     family: int
     chains: dict[str, list[str]] = field(default_factory=dict)
-    jumps: dict[str, list[str]] = field(default_factory=dict)  # anchor -> our chains, in order
+    jumps: dict[str, list[str]] = field(default_factory=dict)  # anchor -> jump rules (args), in order
 
     def empty(self) -> bool:
         return not self.chains and not self.jumps
+
+
+def jump_rules(target: str) -> list[str]:
+    """The rules (iptables-save arguments) that jump to one of ramfw's chains: only packets the
+    chain can act on enter it (see the module docstring)."""
+    if target in (DNS_OUT, DNS_IN):
+        port = "--dport" if target == DNS_OUT else "--sport"
+        return [f"-p {p} -m {p} {port} 53 -j {target}" for p in ("udp", "tcp")]
+    if target in MAIN_CHAIN.values():
+        return [f"{ESTABLISHED} -j {target}"]
+    raise ValueError(f"ramfw does not jump to {target}")
+
+
+def is_our_jump(args: str) -> bool:
+    """A rule in someone else's chain that ramfw wrote: a jump as rendered now, or the bare
+    `-j RAMFW-X` earlier versions wrote (recognised so that an upgrade replaces it)."""
+    target = _jump_target(args)
+    if not _ours(target):
+        return False
+    if args.split() in (["-j", target], ["-g", target]):
+        return True
+    try:
+        return args in jump_rules(target)
+    except ValueError:
+        return False
 
 
 def _rule_args(rule: Rule, family: int, hook: str, links: Links = Links()) -> list[str]:
@@ -237,11 +274,11 @@ def table_part(desired: DesiredState, family: int, forward_anchor: str = "FORWAR
 
     # DNS chains first: their NFLOG/NFQUEUE must see packets before RAMFW-OUT accepts them.
     for anchor, targets in dns_jumps.items():
-        part.jumps.setdefault(anchor, []).extend(targets)
+        part.jumps.setdefault(anchor, []).extend(j for t in targets for j in jump_rules(t))
     if "output" in main_jumps:
-        part.jumps.setdefault("OUTPUT", []).append(main_jumps["output"])
+        part.jumps.setdefault("OUTPUT", []).extend(jump_rules(main_jumps["output"]))
     if "forward" in main_jumps:
-        part.jumps.setdefault(forward_anchor, []).append(main_jumps["forward"])
+        part.jumps.setdefault(forward_anchor, []).extend(jump_rules(main_jumps["forward"]))
     return part
 
 
@@ -456,7 +493,7 @@ class WritePlan:
     chains: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)  # (re)create + fill
     delete_chains: list[str] = field(default_factory=list)
     unjump: dict[str, list[str]] = field(default_factory=dict)  # chain -> rules (args) to delete
-    jump: dict[str, list[str]] = field(default_factory=dict)  # anchor -> our chains, inserted first
+    jump: dict[str, list[str]] = field(default_factory=dict)  # anchor -> jump rules (args), inserted first
 
     def empty(self) -> bool:
         return not (self.chains or self.delete_chains or self.unjump or self.jump)
@@ -476,10 +513,10 @@ def plan_write(part: TablePart, dump: TableDump | None) -> WritePlan:
     for chain, rules in dump.rules.items():
         if _ours(chain):
             continue
-        mine = [a for a, _p, _b in rules if a.split() in (["-j", _jump_target(a)], ["-g", _jump_target(a)]) and _ours(_jump_target(a))]
+        mine = [a for a, _p, _b in rules if is_our_jump(a)]
         want = part.jumps.get(chain, [])
         head = [a for a, _p, _b in rules[: len(want)]]
-        if head == [f"-j {t}" for t in want] and len(mine) == len(want):
+        if head == want and len(mine) == len(want):
             continue
         if mine:
             wp.unjump[chain] = mine
@@ -515,7 +552,7 @@ def restore_script(wp: WritePlan) -> list[str]:
     for chain, specs in wp.unjump.items():
         lines += [f"-D {chain} {s}" for s in specs]
     for anchor, targets in wp.jump.items():
-        lines += [f"-I {anchor} 1 -j {t}" for t in reversed(targets)]
+        lines += [f"-I {anchor} 1 {j}" for j in reversed(targets)]
     for chain, rules in wp.chains.items():
         lines += [f"[{p}:{b}] -A {chain} {a}" for a, p, b in rules]
     lines += [f"-X {c}" for c in wp.delete_chains]
@@ -657,10 +694,10 @@ def write_iptc(netns_name, wp: WritePlan) -> None:
                     step = f"-D {chain} {num + 1}"
                     if table._iptc.iptc_delete_num_entry(chain.encode(), num, table._handle) != 1:
                         raise iptc.IPTCError(table.strerror())
-            for anchor, targets in wp.jump.items():
-                for pos, target in enumerate(targets):
-                    step = f"-I {anchor} {pos + 1} -j {target}"
-                    table.insert_entry(anchor, _iptc_rule(iptc, wp.family, table, f"-j {target}").rule, pos)
+            for anchor, jumps in wp.jump.items():
+                for pos, args in enumerate(jumps):
+                    step = f"-I {anchor} {pos + 1} {args}"
+                    table.insert_entry(anchor, _iptc_rule(iptc, wp.family, table, args).rule, pos)
             for chain, rules in wp.chains.items():
                 for args, packets, nbytes in rules:
                     step = f"-A {chain} {args}"
@@ -872,9 +909,9 @@ class IptablesBackend(Backend):
         part = TablePart(family, {c: [a for a, _p, _b in old.rules.get(c, [])] for c in old.ours()})
         for chain, rules in old.rules.items():
             if not _ours(chain):
-                targets = [_jump_target(a) for a, _p, _b in rules if a.split()[0] in ("-j", "-g") and _ours(_jump_target(a))]
-                if targets:
-                    part.jumps[chain] = targets
+                jumps = [a for a, _p, _b in rules if is_our_jump(a)]
+                if jumps:
+                    part.jumps[chain] = jumps
         return plan_write(part, now)
 
     def _nft_created(self, family: int, dump: TableDump | None) -> set[str]:
@@ -1106,19 +1143,28 @@ class IptablesBackend(Backend):
                             problems.append(f"chain {chain} ({tool}) was edited: rule(s) {', '.join(map(str, changed))} differ from ramfw's")
                 for extra in sorted(set(dump.ours()) - set(part.chains)):
                     problems.append(f"chain {extra} ({tool}) is not ramfw's")
-                for anchor_chain, targets in part.jumps.items():
+                for anchor_chain, jumps in part.jumps.items():
                     rules = [a for a, _p, _b in dump.rules.get(anchor_chain, [])]
-                    for pos, target in enumerate(targets):
-                        if pos < len(rules) and rules[pos] == f"-j {target}":
+                    found: dict[str, str] = {}  # target -> its first problem (a DNS chain has two jumps)
+                    for pos, want in enumerate(jumps):
+                        target = _jump_target(want)
+                        if target in found or (pos < len(rules) and rules[pos] == want):
                             continue
-                        if f"-j {target}" in rules:
-                            problems.append(f"jump from {anchor_chain} to {target} ({tool}) is not rule {pos + 1}")
+                        if want in rules:
+                            found[target] = f"jump from {anchor_chain} to {target} ({tool}) is not rule {pos + 1}"
+                        elif any(is_our_jump(a) and _jump_target(a) == target for a in rules):
+                            found[target] = f"jump from {anchor_chain} to {target} ({tool}) is not the one ramfw writes (an earlier version's?)"
                         else:
-                            problems.append(f"jump from {anchor_chain} to {target} ({tool}) is missing")
+                            found[target] = f"jump from {anchor_chain} to {target} ({tool}) is missing"
+                    problems += found.values()
+                    extra = [a for a in rules if is_our_jump(a) and a not in jumps] + [a for a in set(jumps) if rules.count(a) > 1]
+                    if extra:
+                        problems.append(f"{anchor_chain} ({tool}) holds {len(extra)} stale jump(s) to ramfw's chains")
                 if anchor == DOCKER_USER:
                     stale = [a for a, _p, _b in dump.rules.get("FORWARD", []) if _jump_target(a) in (MAIN_CHAIN["forward"], DNS_IN, DNS_OUT)]
                     if stale:
-                        problems.append(f"FORWARD ({tool}) still jumps to {', '.join(_jump_target(a) for a in stale)}: it belongs in {DOCKER_USER}")
+                        targets = dict.fromkeys(_jump_target(a) for a in stale)
+                        problems.append(f"FORWARD ({tool}) still jumps to {', '.join(targets)}: it belongs in {DOCKER_USER}")
             for set_name in desired.sets:
                 if not self.ipset.exists(IPSET[set_name]):
                     problems.append(f"set {IPSET[set_name]} is missing")

@@ -10,6 +10,7 @@ measured in the same run (target >= 0.95).
 import ipaddress
 import json
 import statistics
+import sys
 import time
 
 from ramfw.backends.iptables import IptablesBackend
@@ -71,12 +72,14 @@ def throughput_ratio(tb, backend, desired, rounds=4):
     return statistics.median(with_rules), statistics.median(without)
 
 
-def main():
+def main(names=()):
+    """`names`: the backends to measure (nft, iptables); all when empty."""
+    classes = [c for c in (NftBackend, IptablesBackend) if not names or c.name in names]
     with Testbed("bench") as tb:
         tb.add_address(PEER)
         server = tb.spawn(tb.inet, "iperf3", "-s", "-B", PEER)
         time.sleep(0.3)
-        for cls in (NftBackend, IptablesBackend):
+        for cls in classes:
             backend = cls(tb.client, cls.probe(tb.client).features)
             name = backend.name
             for n in (10_000, 100_000):
@@ -93,4 +96,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

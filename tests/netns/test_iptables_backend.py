@@ -42,6 +42,14 @@ SAVE_TOOLS = ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-sav
 # ---- helpers ----------------------------------------------------------------------------------
 
 
+# The jumps as iptables-save prints them: DNS chains only for port 53, the main chains only for
+# packets that are not part of an established connection.
+OUT_DNS_JUMPS = ["-p udp -m udp --dport 53 -j RAMFW-DNS-OUT", "-p tcp -m tcp --dport 53 -j RAMFW-DNS-OUT"]
+IN_DNS_JUMPS = ["-p udp -m udp --sport 53 -j RAMFW-DNS-IN", "-p tcp -m tcp --sport 53 -j RAMFW-DNS-IN"]
+OUT_JUMP = "-m conntrack ! --ctstate RELATED,ESTABLISHED -j RAMFW-OUT"
+FWD_JUMPS = [*OUT_DNS_JUMPS, *IN_DNS_JUMPS, "-m conntrack ! --ctstate RELATED,ESTABLISHED -j RAMFW-FWD"]
+
+
 def desired(text: str, names: dict[str, list[str]] | None = None, snoop: str = "off", ttl: int = 300):
     """A DesiredState from a policy text and name -> addresses (what DNS would have taught)."""
     now = 1000.0
@@ -251,9 +259,9 @@ def test_reapply_is_idempotent_and_matches_render(net, backend, flavour):
         for chain, rules in rendered.items():
             if chain != ipt.META:
                 assert installed[chain] == rules, (family, chain)
-        assert installed["OUTPUT"][:2] == ["-j RAMFW-DNS-OUT", "-j RAMFW-OUT"]
-        assert installed["INPUT"][:1] == ["-j RAMFW-DNS-IN"]
-        assert installed["FORWARD"][:3] == ["-j RAMFW-DNS-OUT", "-j RAMFW-DNS-IN", "-j RAMFW-FWD"]
+        assert installed["OUTPUT"][:3] == [*OUT_DNS_JUMPS, OUT_JUMP]
+        assert installed["INPUT"][:2] == IN_DNS_JUMPS
+        assert installed["FORWARD"][:5] == FWD_JUMPS
     assert "create ramfw-allow4 hash:ip family inet hashsize 1024 maxelem 1048576 timeout 0" in text
     assert f"add ramfw-allow4 {A4} timeout 300" in text
 
@@ -403,7 +411,7 @@ def test_check_names_a_deleted_jump_and_apply_repairs_it(net, backend, flavour):
     d = desired(ALLOW, ALLOWED)
     backend.apply(d)
     assert backend.check(d) == []
-    xt(net.client, flavour, 4, "-D", "OUTPUT", "-j", "RAMFW-OUT")
+    xt(net.client, flavour, 4, "-D", "OUTPUT", *OUT_JUMP.split())
     assert net.connect(B4, 443).ok  # the hole is real
     assert backend.check(d) == [f"jump from OUTPUT to RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) is missing"]
     backend.apply(d)
@@ -431,9 +439,9 @@ def test_docker_user_chain_is_used_and_repaired(net, backend, flavour):
     xt(ns, flavour, 4, "-I", "FORWARD", "1", "-j", "DOCKER-USER")
     backend.apply(d)
     v4, v6 = save_rules(ns, flavour, 4), save_rules(ns, flavour, 6)
-    assert v4["DOCKER-USER"] == ["-j RAMFW-DNS-OUT", "-j RAMFW-DNS-IN", "-j RAMFW-FWD", "-j RETURN"]
+    assert v4["DOCKER-USER"] == [*FWD_JUMPS, "-j RETURN"]
     assert v4["FORWARD"] == ["-j DOCKER-USER"]
-    assert v6["FORWARD"][:3] == ["-j RAMFW-DNS-OUT", "-j RAMFW-DNS-IN", "-j RAMFW-FWD"]
+    assert v6["FORWARD"][:5] == FWD_JUMPS
     assert backend.check(d) == []
     # dockerd restart: DOCKER-USER flushed and its RETURN put back
     xt(ns, flavour, 4, "-F", "DOCKER-USER")
@@ -442,7 +450,7 @@ def test_docker_user_chain_is_used_and_repaired(net, backend, flavour):
     assert backend.check(d) == [f"jump from DOCKER-USER to {c} ({tool}) is missing" for c in ("RAMFW-DNS-OUT", "RAMFW-DNS-IN", "RAMFW-FWD")]
     backend.apply(d)
     assert backend.check(d) == []
-    assert save_rules(ns, flavour, 4)["DOCKER-USER"] == ["-j RAMFW-DNS-OUT", "-j RAMFW-DNS-IN", "-j RAMFW-FWD", "-j RETURN"]
+    assert save_rules(ns, flavour, 4)["DOCKER-USER"] == [*FWD_JUMPS, "-j RETURN"]
     # Docker appearing after ramfw (IPv6 here): the jump must move from FORWARD to DOCKER-USER
     xt(ns, flavour, 6, "-N", "DOCKER-USER")
     xt(ns, flavour, 6, "-A", "DOCKER-USER", "-j", "RETURN")
@@ -552,3 +560,67 @@ def test_switching_flavour_moves_the_rules(net):
         nft.destroy()
         legacy.close()
         nft.close()
+
+
+# ---- jumps: conditioned, and the earlier unconditional ones replaced -------------------------------
+
+
+def jumps_to_ours(ns: str, flavour: str, family: int) -> dict[str, list[str]]:
+    """Foreign chain -> every rule in it that jumps to one of ramfw's chains."""
+    rules = save_rules(ns, flavour, family)
+    return {c: [a for a in r if ipt._ours(ipt._jump_target(a))] for c, r in rules.items() if not ipt._ours(c)}
+
+
+def test_upgrade_from_unconditional_jumps_leaves_one_jump_each(net, flavour):
+    """An earlier ramfw wrote bare `-j RAMFW-X` jumps. Written here by hand (with a foreign rule
+    between them), an apply by this version replaces each with the conditioned jump(s), leaves
+    no old one behind, enforces, and destroy then removes every jump."""
+    ns = net.client
+    d = desired(ALLOW + "\n[scope]\nforward = true", ALLOWED, snoop="queue")
+    old = {"OUTPUT": ["RAMFW-DNS-OUT", "RAMFW-OUT"], "INPUT": ["RAMFW-DNS-IN"], "FORWARD": ["RAMFW-DNS-OUT", "RAMFW-DNS-IN", "RAMFW-FWD"]}
+    for family in (4, 6):
+        for chain in ("RAMFW-DNS-OUT", "RAMFW-DNS-IN", "RAMFW-OUT", "RAMFW-FWD"):
+            xt(ns, flavour, family, "-N", chain)
+        xt(ns, flavour, family, "-A", "RAMFW-OUT", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+        xt(ns, flavour, family, "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")  # foreign
+        for anchor, targets in old.items():
+            for pos, target in enumerate(targets):
+                xt(ns, flavour, family, "-I", anchor, str(pos + 1), "-j", target)
+    assert jumps_to_ours(ns, flavour, 4)["OUTPUT"] == ["-j RAMFW-DNS-OUT", "-j RAMFW-OUT"]
+    backend = IptablesBackend(ns, flavour=flavour)
+    try:
+        assert f"jump from OUTPUT to RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) is not the one ramfw writes (an earlier version's?)" in backend.check(d)
+        backend.apply(d)
+        for family in (4, 6):
+            jumps = jumps_to_ours(ns, flavour, family)
+            assert jumps["OUTPUT"] == [*OUT_DNS_JUMPS, OUT_JUMP], family
+            assert jumps["INPUT"] == IN_DNS_JUMPS, family
+            assert jumps["FORWARD"] == FWD_JUMPS, family
+            assert save_rules(ns, flavour, family)["OUTPUT"][-1] == "-p tcp -m tcp --dport 9 -j ACCEPT"
+        assert backend.check(d) == []
+        assert net.connect(A4, 443).ok and net.connect(A6, 443).ok
+        assert_refused_fast(net, B4)
+        assert_refused_fast(net, B6)
+        backend.apply(d)  # and a second apply changes nothing
+        assert jumps_to_ours(ns, flavour, 4)["OUTPUT"] == [*OUT_DNS_JUMPS, OUT_JUMP]
+        assert backend.destroy()
+        for family in (4, 6):
+            assert not any(jumps_to_ours(ns, flavour, family).values()), family
+            assert save_rules(ns, flavour, family)["OUTPUT"] == ["-p tcp -m tcp --dport 9 -j ACCEPT"]
+    finally:
+        backend.destroy()
+        backend.close()
+
+
+def test_established_packets_do_not_enter_ramfw_chains(net, backend, flavour):
+    """The point of the conditioned jump: of a connection's packets only the first (the SYN)
+    crosses the jump to RAMFW-OUT; the rest never reach ramfw's chains (and their counters)."""
+    backend.apply(desired(ALLOW, ALLOWED))
+    for _ in range(3):
+        r = net.connect(A4, 443)
+        assert r.ok, r
+    dump = ipt.parse_save(run(net.client, f"{ipt.TOOL[(flavour, 4)]}-save", "-c").stdout)["filter"]
+    jump = [(p, a) for a, p, _b in dump.rules["OUTPUT"] if ipt._jump_target(a) == "RAMFW-OUT"]
+    assert jump == [(3, OUT_JUMP)]
+    established = dump.rules["RAMFW-OUT"][0]
+    assert established[0] == "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" and established[1] == 0
