@@ -360,7 +360,8 @@ class NftBackend(Backend):
         wanted = self.chains(desired)
         with self._reader() as r:
             digests = r.chain_digests() if self._applied else {}
-            foreign = {name: self._owned.foreign(name, r.elements(name)) for name in desired.sets if name in state.sets}
+            foreign = {name: self._owned.foreign(name, r.elements(name)) for name in desired.sets
+                       if name in state.sets and self._owned.known}  # unknown: no element dump at all
         for chain in wanted:
             have = state.chains.get(chain.name)
             if have is None:

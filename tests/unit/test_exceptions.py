@@ -112,3 +112,16 @@ def test_owned_elements_flag_foreign_ones_and_forget_expired_ones():
     now[0] += 3600  # 198.51.100.1 expired from the kernel long ago: forgotten, so a re-add is foreign
     assert owned.foreign("allow4", set()) == []
     assert owned.foreign("allow4", {"198.51.100.1"}) == ["198.51.100.1"]
+
+
+def test_owned_elements_are_bounded():
+    """A flood fills the sets far past what is worth recording: the record is dropped (and the
+    comparison pauses) past the limit, and the next whole apply starts it again."""
+    from ramfw.backends import owned as owned_mod
+
+    owned = OwnedElements(clock=lambda: 0.0)
+    owned.reset({"allow6": []})
+    owned.add("allow6", [f"2001:db8:100::{i:x}" for i in range(owned_mod.LIMIT + 1)])
+    assert not owned.known and owned.foreign("allow6", {"2001:db8:100::ffff:1"}) == []
+    owned.reset({"allow6": ["2001:db8:100::1"]})
+    assert owned.known and owned.foreign("allow6", {"2001:db8:100::1", "2001:db8:100::2"}) == ["2001:db8:100::2"]
