@@ -43,7 +43,8 @@ def install_unit(vm: Machine) -> str:
 def enforce(vm: Machine, policy_text: str, enable: bool = True) -> None:
     """Write the policy and (re)start the service with it; returns once systemd says active."""
     vm.put(POLICY, policy_text)
-    install_unit(vm)
+    if not vm.run("test -e /etc/systemd/system/ramfw.service").ok:
+        install_unit(vm)
     vm.sh(("systemctl enable ramfw -q && " if enable else "") + "systemctl reset-failed ramfw; systemctl restart ramfw", timeout=180)
     state = vm.sh("systemctl is-active ramfw || true").strip()
     assert state == "active", f"ramfw.service is {state}"

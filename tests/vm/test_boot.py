@@ -19,6 +19,7 @@ def test_reboot_ruleset_is_in_the_kernel_before_docker_starts(bed):
     vm.put(PROBE, PROBE_TEXT)
     try:
         TIMES["reboot to agent"] = vm.reboot()
+        vm.run("systemctl is-system-running --wait", timeout=300)  # the agent is up long before docker
         seen = vm.sh("cat /run/vm-tier-at-docker-start")
         assert seen.rstrip().endswith("rc=0") and "table inet ramfw" in seen and "queue" in seen, seen
         times = vm.sh(

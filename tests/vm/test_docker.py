@@ -5,10 +5,9 @@ scope, and with scope.cgroup = "system.slice/docker.service" (nft matches cgroup
 
 from __future__ import annotations
 
-import json
 import time
 
-from service import ALLOWED, BLOCKED, IMAGE, WEB_IP, enforce, policy, status_json
+from service import ALLOWED, BLOCKED, IMAGE, WEB_IP, enforce, policy, status_json, wait_guest
 
 REFUSED_WITHIN = 15.0  # seconds; under TCG a refused pull takes a few (docker's own start-up of the request)
 
@@ -43,8 +42,7 @@ def test_docker_pull_allowed_and_refused_through_the_service(bed):
     assert_pull_works(vm, ALLOWED)
     assert_pull_refused(vm, BLOCKED)
     # The refusal is an audit event naming the registry's host name.
-    events = vm.sh("ramfw events --json", timeout=120)
-    assert any(json.loads(line).get("hostname") == BLOCKED for line in events.splitlines() if line.strip()), events
+    wait_guest(vm, f"ramfw events --json | grep -q '\"hostname\": \"{BLOCKED}\"'", 90, "ramfw events to name the refused registry")
 
 
 def test_cgroup_scope_docker_service_with_nft(bed):
