@@ -138,6 +138,27 @@ def down(netns: Optional[str] = NetnsOpt):
 
 
 @app.command()
+def reload(
+    pid: Optional[int] = typer.Option(None, "--pid", help="The controller's process id (systemd passes $MAINPID). Default: the controller running for --netns."),
+    netns: Optional[str] = NetnsOpt,
+):
+    """Ask a running controller to re-read its policy now (SIGHUP); the unit's ExecReload, so that reload needs no kill(1)."""
+    import signal
+
+    from .state import read_state
+
+    if pid is None:
+        pid = status_mod.controller_liveness(read_state(netns, "controller.json"))["pid"]
+        if not pid:
+            raise RamfwError(f"no ramfw controller is running for {netns or 'this namespace'}; start one (ramfw run, or systemctl start ramfw)")
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise RamfwError(f"no process {pid}: the controller is not running") from None
+    typer.echo(f"ramfw: asked the controller (pid {pid}) to reload")
+
+
+@app.command()
 def status(netns: Optional[str] = NetnsOpt, as_json: bool = JsonOpt):
     """Show what is enforced: backend, policy digest, set sizes, counters, conflicts, controller liveness."""
     data = status_mod.collect(netns)

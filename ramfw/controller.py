@@ -155,7 +155,7 @@ class Controller:
         self.enforcer.restore_from_state()  # a restart keeps what it had learned
         staged = self.enforcer.stage(policy, mode)
         self.enforcer.commit(staged)
-        self.schedule.record(staged.results, policy.dns.min_ttl)
+        self.schedule.record(staged.results, policy.dns.min_ttl, announce=False)
         self._start_snooper()
         self._start_audit()
         if self.metrics_spec:
@@ -294,7 +294,7 @@ class Controller:
             return False
         self.schedule.forget_except(lambda n: policy.classify(n)[0] != "unlisted")
         self.schedule.reset()
-        self.schedule.record(staged.results, policy.dns.min_ttl)
+        self.schedule.record(staged.results, policy.dns.min_ttl, announce=False)
         if new_mode != old_mode:
             self.snoop_reason = reason
             self._stop_snooper()

@@ -38,6 +38,7 @@ from .errors import BackendError
 from .logs import fields
 from .plan import MIN_ELEMENT_TIMEOUT, DesiredState, Element, plan
 from .policy import Policy
+from .refresh import short_error
 from .resolver import Resolver, read_nameservers
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class Enforcer:
                 self.counters.inc("resolve_failures")
                 known = self.cache.ips_for(res.name)
                 keep = "keeping the last good answer" if known else "nothing known for it yet"
-                log.warning("cannot resolve %s (%s); %s", res.name, res.error, keep,
+                log.warning("cannot resolve %s (%s); %s", res.name, short_error(str(res.error)), keep,
                             extra=fields(event="resolve_failed", name=res.name))
             elif res.answers:
                 name, _ = self.creditable(res.name, list(res.chain), policy)
@@ -286,8 +287,9 @@ class Enforcer:
             candidates |= was_blocked - now_allowed
         if policy_changed:
             # addresses that left the sets long ago may still carry live connections: those
-            # whose every remembered name the new policy refuses go too
-            candidates |= {ip for ip, names in self.cache.remembered().items()
+            # whose every remembered name the new policy refuses go too (the most recent few
+            # thousand: a reload must stay cheap while the snooper waits on nothing of it)
+            candidates |= {ip for ip, names in self.cache.remembered(STATE_NAMES_LIMIT).items()
                            if ip not in now_allowed and not any(policy.classify(n)[0] == "allowed" for n in names)}
         for ip in candidates:
             names = self.cache.names_ever_for(ip)

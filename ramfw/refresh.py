@@ -54,8 +54,9 @@ class RefreshSchedule:
                 return
             self._next[name] = 0.0
 
-    def record(self, results, min_ttl: int) -> None:
-        """Schedule the next lookup of each name from its result; report failures."""
+    def record(self, results, min_ttl: int, announce: bool = True) -> None:
+        """Schedule the next lookup of each name from its result; report failures (announce=False:
+        the caller already said, e.g. the start-up resolution)."""
         now = self.clock()
         recovered, first_failures = [], []
         with self._lock:
@@ -73,11 +74,11 @@ class RefreshSchedule:
                 count, _ = self._failures.get(res.name, (0, ""))
                 self._failures[res.name] = (count + 1, str(res.error))
                 self._next[res.name] = now + min(RETRY_MAX, RETRY_FIRST * 2 ** count)
-                if count == 0:
+                if count == 0 and announce:
                     first_failures.append((res.name, str(res.error)))
         for name, error in first_failures:
             log.warning("cannot refresh %s (%s); keeping the last good answer, retrying with backoff", name,
-                        _short(error), extra=fields(event="resolve_failed", name=name))
+                        short_error(error), extra=fields(event="resolve_failed", name=name))
         for name in recovered:
             log.info("resolving %s works again", name, extra=fields(event="resolve_recovered", name=name))
         self._maybe_summarise(now)
@@ -91,7 +92,7 @@ class RefreshSchedule:
         names = ", ".join(n for n, _ in failing[:5]) + (f" and {len(failing) - 5} more" if len(failing) > 5 else "")
         attempts = sum(c for _, (c, _) in failing)
         log.warning("still cannot resolve %d name(s) (%s): %d failed lookups so far, last error: %s",
-                    len(failing), names, attempts, _short(failing[-1][1][1]),
+                    len(failing), names, attempts, short_error(failing[-1][1][1]),
                     extra=fields(event="resolve_failing", names=len(failing)))
 
     def failing(self) -> int:
@@ -105,7 +106,7 @@ class RefreshSchedule:
             self._failures = {n: f for n, f in self._failures.items() if keep(n)}
 
 
-def _short(error: str, limit: int = 160) -> str:
+def short_error(error: str, limit: int = 160) -> str:
     """dnspython's errors can run to hundreds of characters (one clause per server tried)."""
     error = " ".join(error.split())
     return error if len(error) <= limit else error[: limit - 1] + "…"

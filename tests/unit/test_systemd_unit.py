@@ -3,8 +3,9 @@
 import re
 import subprocess
 import sys
+import time
 
-from ramfw.install import render_unit
+from ramfw.install import ramfw_executable, render_unit
 
 
 def ramfw(*args):
@@ -13,10 +14,13 @@ def ramfw(*args):
 
 def test_unit_verifies_and_is_hardened(tmp_path):
     unit = tmp_path / "ramfw.service"
-    unit.write_text(render_unit("/etc/ramfw/policy.toml"))
+    exe = ramfw_executable()
+    unit.write_text(render_unit("/etc/ramfw/policy.toml", executable=exe))
     text = unit.read_text()
     assert "Type=notify" in text and "WatchdogSec=" in text and "Restart=on-failure" in text
-    assert "ExecReload=/bin/kill -HUP $MAINPID" in text
+    # Every program the unit runs is ramfw itself: a minimal Debian has no /bin/kill (procps).
+    assert re.search(rf"^ExecReload={re.escape(exe)} reload --pid \$MAINPID$", text, re.M), text
+    assert re.findall(r"^Exec\w+=(\S+)", text, re.M) == [exe, exe]
     assert re.search(r"^Before=.*\bdocker\.service\b", text, re.M)
     assert re.search(r"^After=.*\bnetwork-pre\.target\b", text, re.M)
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
@@ -69,3 +73,36 @@ def test_install_writes_engine_dropins_that_require_ramfw(tmp_path):
                             env={"SYSTEMD_UNIT_PATH": f"{units}:", "PATH": "/usr/bin:/bin"})  # fmt: skip
     assert verify.returncode == 0, verify.stderr
     assert "ramfw.conf" not in verify.stderr and "Unknown" not in verify.stderr
+
+
+def test_reload_sends_sighup_to_the_given_pid(tmp_path):
+    ready = tmp_path / "ready"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, pathlib\n"
+        "signal.signal(signal.SIGHUP, lambda *a: sys.exit(42))\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "signal.pause()\n"
+    )])
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            time.sleep(0.01)
+        r = ramfw("reload", "--pid", str(child.pid))
+        assert r.returncode == 0, r.stderr
+        assert f"pid {child.pid}" in r.stdout
+        assert child.wait(timeout=10) == 42  # the SIGHUP handler ran
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_reload_without_a_controller_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAMFW_STATE_DIR", str(tmp_path / "state"))
+    r = ramfw("reload")
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "no ramfw controller is running" in r.stderr, r.stderr
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    r = ramfw("reload", "--pid", str(gone.pid))
+    assert r.returncode == 1 and f"no process {gone.pid}" in r.stderr, r.stderr
