@@ -129,7 +129,7 @@ def test_up_audit_refuses_nothing_and_status_says_so(net, tmp_path):
 def test_leaving_audit_cuts_what_audit_let_through(net, tmp_path):
     """Established traffic is accepted before any set lookup: a connection audit let through
     must be cut when the policy starts enforcing, while an allowed one survives."""
-    from test_enforcement import EchoServer, open_conn
+    from test_enforcement import EchoServer, assert_kept_and_cut, open_conn
 
     echo = EchoServer(net.inet, [A4, U4])
     try:
@@ -138,13 +138,7 @@ def test_leaving_audit_cuts_what_audit_let_through(net, tmp_path):
         run_ramfw("up", "--netns", net.client, "--policy", str(policy), "--backend", net.backend, "--audit", check=0)
         keep, cut = open_conn(net.client, A4), open_conn(net.client, U4)
         run_ramfw("up", "--netns", net.client, "--policy", str(policy), "--backend", net.backend, check=0)
-        keep.sendall(b"after")
-        assert keep.recv(16) == b"after"
-        with pytest.raises((ConnectionResetError, BrokenPipeError)):
-            cut.sendall(b"after")
-            cut.recv(16)
-        keep.close()
-        cut.close()
+        assert_kept_and_cut(keep, cut)
     finally:
         echo.close()
 
