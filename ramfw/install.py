@@ -25,7 +25,9 @@ def render_unit(policy: str, executable: str | None = None) -> str:
     if any(ch.isspace() for ch in policy):
         raise UsageError(f"policy path {policy!r} contains white space; systemd would split it")
     template = resources.files("ramfw.data").joinpath("ramfw.service").read_text(encoding="utf-8")
-    return template.replace("@RAMFW@", executable or ramfw_executable()).replace("@POLICY@", policy)
+    executable = executable or ramfw_executable()
+    return (template.replace("@RAMFW_DIR@", os.path.dirname(executable)).replace("@RAMFW@", executable)
+            .replace("@POLICY@", policy))
 
 
 # The engines require ramfw: if ramfw.service fails to start (invalid policy, crash, timeout)

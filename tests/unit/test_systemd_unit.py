@@ -106,3 +106,13 @@ def test_reload_without_a_controller_is_one_clear_line(tmp_path, monkeypatch):
     gone.wait()
     r = ramfw("reload", "--pid", str(gone.pid))
     assert r.returncode == 1 and f"no process {gone.pid}" in r.stderr, r.stderr
+
+
+def test_unit_waits_for_the_file_system_of_its_executable():
+    """Found in the VM tier: /opt/ramfw on its own (nofail) mount was not there yet when the unit
+    started at boot (203/EXEC), and the engines, which require ramfw, did not start at all."""
+    from ramfw.install import render_unit
+
+    unit = render_unit("/etc/ramfw/policy.toml", executable="/opt/ramfw/venv/bin/ramfw")
+    assert re.search(r"^RequiresMountsFor=/opt/ramfw/venv/bin$", unit, re.M), unit
+    assert not re.search(r"@[A-Z_]+@", unit), unit  # every placeholder filled in
