@@ -15,6 +15,7 @@ counters survive. The policy digest lives in the comment of the one rule of chai
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from ..errors import BackendError
@@ -81,6 +82,32 @@ def parse_meta(comment: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in comment.split() if "=" in kv)
 
 
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_path(desired: DesiredState) -> str | None:
+    return next((r.args[0] for c in desired.chains for r in c.rules if r.kind == "bypass_cgroup"), None)
+
+
+def _cgroup2_mounted() -> bool:
+    try:
+        with open("/proc/self/mounts") as fh:
+            return any(line.split()[1:3] == [CGROUP_ROOT, "cgroup2"] for line in fh)
+    except OSError:
+        return False
+
+
+def _cgroup_id(desired: DesiredState) -> int | None:
+    """The inode of scope.cgroup's directory (the id nft resolves the path to), or None."""
+    path = _cgroup_path(desired)
+    if path is None:
+        return None
+    try:
+        return os.stat(os.path.join(CGROUP_ROOT, path)).st_ino
+    except OSError:
+        return None
+
+
 class NftBackend(Backend):
     name = "nft"
 
@@ -92,6 +119,11 @@ class NftBackend(Backend):
         self.links = Links()  # read from the namespace at every apply; dry-run renders without
         self._applied: dict[str, str] = {}  # chain -> digest read back right after our apply
         self._owned = OwnedElements()
+        # scope.cgroup: the cgroup's inode when applied (None: it did not exist). nft resolves the
+        # path to that id once, at load time; a cgroup created or recreated since (the engine
+        # started or restarted) makes check() report it, and the repair resolves it anew.
+        self._cgroup_id: int | None = None
+        self._cgroup_missing = False
 
     @property
     def ctx(self) -> NftContext:
@@ -208,6 +240,10 @@ class NftBackend(Backend):
                 return ['oifname "lo" accept']
             case "bypass_cgroup":
                 path = rule.args[0]
+                if self._cgroup_missing:
+                    # Not there yet (the engine starts after ramfw): nothing to bypass for,
+                    # so every process is filtered until it appears (fail closed)
+                    return []
                 return [f'socket cgroupv2 level {path.count("/") + 1} != "{path}" accept']
             case "accept_internal":
                 return [f'oifname "{name}" accept' for name in rule.args]
@@ -257,6 +293,15 @@ class NftBackend(Backend):
 
     def apply(self, desired: DesiredState) -> None:
         before, self.links = self.links, read_links(self.netns_name, desired.dns.servers4 + desired.dns.servers6)
+        self._cgroup_id = _cgroup_id(desired)
+        # where /sys/fs/cgroup is not cgroup v2, nft cannot match any cgroup: the kernel's refusal
+        # (a one-line error below) is the answer; where it is, a missing cgroup is one that has
+        # not started yet
+        missing = _cgroup_path(desired) is not None and self._cgroup_id is None and _cgroup2_mounted()
+        if missing and not self._cgroup_missing:
+            log.warning("scope.cgroup %s does not exist yet: every process is filtered until it does (checked every "
+                        "check interval)", _cgroup_path(desired))
+        self._cgroup_missing = missing
         with self._reader() as r:
             exists = r.table_comment() is not None
             have_chains = r.chains() if exists else {}
@@ -342,6 +387,16 @@ class NftBackend(Backend):
                 state.sets[set_name] = r.elements(set_name) if with_elements else {}
         return state
 
+    def _cgroup_problem(self, desired: DesiredState) -> list[str]:
+        path = _cgroup_path(desired)
+        if path is None or not self._applied:
+            return []
+        now = _cgroup_id(desired)
+        if now == self._cgroup_id:
+            return []
+        what = "appeared" if self._cgroup_id is None else "is gone" if now is None else "was recreated"
+        return [f"scope.cgroup {path} {what} since the rules were loaded (nft matches the cgroup it found then)"]
+
     def check(self, desired: DesiredState) -> list[str]:
         """Problems where the kernel differs from what this backend applied: missing or foreign
         chains, a chain whose content (hook, policy, every rule's expressions and comment) is
@@ -350,7 +405,7 @@ class NftBackend(Backend):
         state = self.read_state(with_elements=False)
         if not state.installed:
             return [f"table {FAMILY} {TABLE} is missing"]
-        problems = []
+        problems = self._cgroup_problem(desired)
         if state.meta.get("policy") != desired.policy_digest:
             problems.append(f"table {FAMILY} {TABLE} holds policy {state.meta.get('policy')} instead of {desired.policy_digest}")
         if self._applied:
