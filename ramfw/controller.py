@@ -74,8 +74,9 @@ class Controller:
               and TCP streams belong to the snoop thread alone.
     kernel    Enforcer.kernel_lock serialises ramfw's kernel writes (element batches, ruleset
               transactions) and is held across nothing else: no lock is held across resolution,
-              conntrack dumps, state files, HTTP or subprocesses. Every netlink receive has a
-              timeout.
+              conntrack dumps, state files, HTTP or subprocesses. Every receive on ramfw's own
+              netlink sockets has a timeout; pyroute2's conntrack dump has none, and a main loop
+              stuck in it is ended by the stall guard below.
     failure   every thread runs under a Worker (threads.py): an exception is logged with its
               traceback and counted; a thread that died or stopped making progress ends the
               process with exit status 1 (systemd restarts it; the rules stay in force), and the
