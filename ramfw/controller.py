@@ -70,8 +70,10 @@ class Controller:
               packets; `metrics`: serves scrapes (one short-lived thread per connection).
     state     the DNS cache and every counter lock themselves; the policy generation (policy,
               desired state, snoop mode) is replaced whole by Enforcer.commit() and only read
-              elsewhere; the refresh schedule has its own lock; the snooper's question tracker
-              and TCP streams belong to the snoop thread alone.
+              elsewhere; the refresh schedule has its own lock; the snooper's question tracker,
+              TCP streams and counters are written by the snoop thread alone (others read copies
+              or single keys: one dict operation, atomic under the GIL); the audit thread's
+              per-host counts likewise, copied whole by the metrics thread.
     kernel    Enforcer.kernel_lock serialises ramfw's kernel writes (element batches, ruleset
               transactions) and is held across nothing else: no lock is held across resolution,
               conntrack dumps, state files, HTTP or subprocesses. Every receive on ramfw's own

@@ -37,6 +37,11 @@ from typing import Callable, Iterable
 DEFAULT_MAX_ADDRESSES = 10000
 
 
+def expiry(ttl: int, now: float, min_ttl: int, grace: int) -> float:
+    """When an answer with `ttl` given at `now` stops counting: max(ttl, min_ttl) + grace later."""
+    return now + max(int(ttl), min_ttl) + grace
+
+
 @dataclass(slots=True)
 class Learned:
     expiry: float
@@ -88,7 +93,7 @@ class DnsCache:
                 self._enforce_total_cap()
 
     def expiry_for(self, ttl: int, now: float) -> float:
-        return now + max(int(ttl), self.min_ttl) + self.grace
+        return expiry(ttl, now, self.min_ttl, self.grace)
 
     # ---- writing ------------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from .backends.base import Backend
 from .backends.choose import retire_others
 from .conntrack import cut_connections
 from .counters import Counters
-from .dnscache import DnsCache
+from .dnscache import DnsCache, expiry
 from .errors import BackendError
 from .logs import fields
 from .plan import MIN_ELEMENT_TIMEOUT, DesiredState, Element, plan
@@ -183,7 +183,7 @@ class Enforcer:
             ips = snapshot.setdefault(name, {})
             for ip, ttl in answers:
                 ip = str(ip)
-                ips[ip] = max(ips.get(ip, 0.0), now + max(int(ttl), policy.dns.min_ttl) + policy.dns.grace)
+                ips[ip] = max(ips.get(ip, 0.0), expiry(ttl, now, policy.dns.min_ttl, policy.dns.grace))
         return plan(policy, snapshot, now, self.trusted_servers(policy), snoop_mode or self.snoop_mode)
 
     def apply(self) -> DesiredState:
@@ -196,7 +196,7 @@ class Enforcer:
         policy, snoop mode and cache become the new ones (a refused apply leaves nothing learned
         under the rejected policy). Then cut the connections the new policy refuses."""
         old_policy, old_desired = self.policy, self.desired
-        before = self._enforced_sets()
+        before, before_digest = self._enforced_sets()
         was_audit = self._enforced_audit()
         with self.kernel_lock:
             desired = self.plan(staged.policy, staged.snoop_mode, staged.learned)
@@ -214,7 +214,7 @@ class Enforcer:
             retire_others(self.netns_name, self.backend)
         policy_changed = old_desired is None or old_desired.policy_digest != desired.policy_digest or \
             old_desired.mode != desired.mode
-        if old_desired is None and before.get("_digest") == desired.policy_digest:
+        if old_desired is None and before_digest == desired.policy_digest:
             policy_changed = False  # a restart under the same policy removed nothing
         to_cut = self._to_cut(before, desired, policy_changed)
         if was_audit and not desired.audit:
@@ -223,18 +223,17 @@ class Enforcer:
         self.save_state()
         return desired
 
-    def _enforced_sets(self) -> dict:
+    def _enforced_sets(self) -> tuple[dict[str, set[str]], str | None]:
+        """The sets in force before a commit, and the policy digest they were planned from."""
         if self.desired is not None:
-            return {name: {e.ip for e in elems} for name, elems in self.desired.sets.items()}
+            return {name: {e.ip for e in elems} for name, elems in self.desired.sets.items()}, self.desired.policy_digest
         try:
             kernel = self.backend.read_state()
         except BackendError:
-            return {}
+            return {}, None
         if not kernel.installed:
-            return {}
-        sets = {name: set(elems) for name, elems in kernel.sets.items()}
-        sets["_digest"] = kernel.meta.get("policy") or kernel.meta.get("digest")
-        return sets
+            return {}, None
+        return {name: set(elems) for name, elems in kernel.sets.items()}, kernel.meta.get("policy")
 
     def _enforced_audit(self) -> bool:
         if self.desired is not None:
