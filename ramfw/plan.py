@@ -10,7 +10,7 @@ import ipaddress
 import math
 from dataclasses import dataclass, field
 
-from .policy import Policy
+from ramfw.policy.model import Policy
 
 # Identifiers shared by every backend, so status/explain/events read the same names everywhere.
 SET_NAMES = {("allow", 4): "allow4", ("allow", 6): "allow6", ("block", 4): "block4", ("block", 6): "block6"}

@@ -51,7 +51,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 
 @dataclass

@@ -17,7 +17,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 BASE6 = int(ipaddress.IPv6Address("2001:db8:100::1:0:0"))
 

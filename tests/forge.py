@@ -16,7 +16,7 @@ import itertools
 import socket
 import struct
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 _ident = itertools.count(1)
 

@@ -45,7 +45,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 DNS4 = "198.51.100.53"
 DNS6 = "2001:db8:100::53"

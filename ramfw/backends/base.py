@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-from ..plan import DesiredState, Element
+from ramfw.plan import DesiredState, Element
 
 
 @dataclass

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import BackendError, UsageError
-from .base import Backend, KernelState
-from .iptables import IptablesBackend
-from .nft import NftBackend
+from ramfw.errors import BackendError, UsageError
+from ramfw.backends.base import Backend, KernelState
+from ramfw.backends.iptables.backend import IptablesBackend
+from ramfw.backends.nft.backend import NftBackend
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import logging
 import subprocess
 from dataclasses import dataclass
 
-from .. import netns
+from ramfw.kernel import netns
 
 log = logging.getLogger(__name__)
 

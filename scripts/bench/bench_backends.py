@@ -13,10 +13,10 @@ import statistics
 import sys
 import time
 
-from ramfw.backends.iptables import IptablesBackend
-from ramfw.backends.nft import NftBackend
+from ramfw.backends.iptables.backend import IptablesBackend
+from ramfw.backends.nft.backend import NftBackend
 from ramfw.plan import Element, plan
-from ramfw.policy import parse_policy
+from ramfw.policy.model import parse_policy
 from testbed import Testbed
 
 PEER = "198.51.100.77"

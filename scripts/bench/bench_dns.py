@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from ramfw import netns
+from ramfw.kernel import netns
 from testbed import DNS4, Testbed
 
 NAMES = 4000

@@ -8,7 +8,7 @@ Target: >= 1,000,000 matches/s on one core.
 import random
 import time
 
-from ramfw.names import Pattern, PatternSet
+from ramfw.policy.names import Pattern, PatternSet
 
 
 def build(seed=7):

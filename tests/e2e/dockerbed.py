@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 DOCKER = "/usr/bin/docker"  # the docker.io client matching the dockerd (not /usr/local/bin/docker)
 PORT = 5000

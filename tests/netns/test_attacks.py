@@ -30,7 +30,7 @@ from pathlib import Path
 import dns.message
 import pytest
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:

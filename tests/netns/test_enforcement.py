@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from ramfw import netns
+from ramfw.kernel import netns
 from runcli import run_ramfw
 from testbed import kernel_ruleset, probe_during
 

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from ramfw import netns
-from ramfw.backends import iptables as ipt
-from ramfw.backends.iptables import IptablesBackend
+from ramfw.kernel import netns
+from ramfw.backends.iptables import backend as ipt
+from ramfw.backends.iptables.backend import IptablesBackend
 from ramfw.errors import BackendError
-from ramfw.nfnetlink import NfLog, NfQueue
+from ramfw.kernel.nfnetlink import NfLog, NfQueue
 from ramfw.plan import AUDIT_LOG_GROUP, DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM, Element, plan
-from ramfw.policy import parse_policy
+from ramfw.policy.model import parse_policy
 from testbed import DNS4, DNS6, probe_during
 
 ALLOWED = {"reg.allowed.test": ["198.51.100.10", "2001:db8:100::10"]}

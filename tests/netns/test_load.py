@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:

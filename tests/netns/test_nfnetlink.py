@@ -1,4 +1,4 @@
-"""ramfw.nfnetlink against the real kernel: NFQUEUE and NFLOG in a throwaway network namespace.
+"""ramfw.kernel.nfnetlink against the real kernel: NFQUEUE and NFLOG in a throwaway network namespace.
 
 Everything happens inside `rt-<pid>-nfnl`: the rules (iptables-nft / nft), the sockets and the
 traffic (documentation addresses on the namespace's lo). The namespace is deleted at the end.
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ramfw import netns
-from ramfw.nfnetlink import (
+from ramfw.kernel import netns
+from ramfw.kernel.nfnetlink import (
     NFNL_SUBSYS_QUEUE,
     NFNL_SUBSYS_ULOG,
     NFQA_PACKET_HDR,

@@ -2,10 +2,10 @@
 
 import pytest
 
-from ramfw.backends.nft import NftBackend
+from ramfw.backends.nft.backend import NftBackend
 from ramfw.errors import BackendError
 from ramfw.plan import Element, plan
-from ramfw.policy import parse_policy
+from ramfw.policy.model import parse_policy
 
 NEW4, NEW6 = "198.51.100.44", "2001:db8:100::44"
 
@@ -52,8 +52,8 @@ def test_reapply_keeps_packets_held_in_nfqueue(testbed, backend):
     import socket
     import time
 
-    from ramfw import netns
-    from ramfw.nfnetlink import NfQueue
+    from ramfw.kernel import netns
+    from ramfw.kernel.nfnetlink import NfQueue
 
     testbed.run(testbed.client, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "77")
     with netns.entered(testbed.client):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ramfw import netns
+from ramfw.kernel import netns
 from runcli import Controller, run_ramfw
 
 A4, B4, POLICY_IP = "198.51.100.10", "198.51.100.20", "198.51.100.80"

@@ -38,7 +38,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from ramfw import netns
+from ramfw.kernel import netns
 
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (for testbed, servers)
 
-from ramfw import netns  # noqa: E402
+from ramfw.kernel import netns  # noqa: E402
 from testbed import (  # noqa: E402, F401  (testbed is the fixture)
     DNS4,
     DNS6,

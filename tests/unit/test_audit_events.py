@@ -10,12 +10,12 @@ import sys
 
 import pytest
 
-from ramfw import audit
-from ramfw.audit import AuditLog, SourceLimiter, load_events
-from ramfw.backends.iptables import table_part
-from ramfw.backends.nft import NftBackend
+from ramfw.daemon import audit
+from ramfw.daemon.audit import AuditLog, SourceLimiter, load_events
+from ramfw.backends.iptables.backend import table_part
+from ramfw.backends.nft.backend import NftBackend
 from ramfw.plan import plan
-from ramfw.policy import parse_policy
+from ramfw.policy.model import parse_policy
 
 NOW = 1000.0
 

@@ -75,7 +75,7 @@ def test_events_without_a_controller_says_how_to_get_them(tmp_path):
 def test_audit_header_parsing():
     import struct
 
-    from ramfw.audit import describe, parse_header
+    from ramfw.daemon.audit import describe, parse_header
 
     v4 = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]) + bytes([203, 0, 113, 2]) + bytes([198, 51, 100, 20])
     v4 += struct.pack("!HH", 40000, 5000) + b"\0" * 16

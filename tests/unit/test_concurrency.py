@@ -16,18 +16,18 @@ from dataclasses import dataclass
 import pytest
 
 from ramfw.backends.base import Backend, KernelState, Probe
-from ramfw.counters import Counters
-from ramfw.dnscache import DnsCache
-from ramfw.enforcer import Enforcer, Staged
+from ramfw.common.counters import Counters
+from ramfw.dns.cache import DnsCache
+from ramfw.daemon.enforcer import Enforcer, Staged
 from ramfw.errors import BackendError
-from ramfw.logs import RepeatedLog
-from ramfw.policy import parse_policy
+from ramfw.common.logs import RepeatedLog
+from ramfw.policy.model import parse_policy
 
 
 def parse_policy_text(text, source):
     return parse_policy(text, source)
-from ramfw.refresh import RefreshSchedule
-from ramfw.threads import Worker
+from ramfw.daemon.refresh import RefreshSchedule
+from ramfw.daemon.threads import Worker
 
 POLICY = """
 allow = ["**.reg.test", "docker.io"]
@@ -109,7 +109,7 @@ class FakeBackend(Backend):
 
 @pytest.fixture
 def enforcer(monkeypatch):
-    import ramfw.enforcer as enforcer_mod
+    import ramfw.daemon.enforcer as enforcer_mod
 
     monkeypatch.setattr(enforcer_mod, "cut_connections", lambda netns, pred: 0)
     monkeypatch.setattr(enforcer_mod, "retire_others", lambda netns, backend: None)
@@ -323,7 +323,7 @@ def test_pending_elements_of_a_replaced_policy_are_not_programmed(enforcer):
 def test_cut_only_what_the_policy_removed(enforcer, monkeypatch):
     """An address that aged out of the cache keeps its connections while its name is allowed;
     an address of a name the new policy removed loses them."""
-    import ramfw.enforcer as enforcer_mod
+    import ramfw.daemon.enforcer as enforcer_mod
 
     enf, clock = enforcer
     predicates = []
@@ -432,7 +432,7 @@ def test_injected_fault(monkeypatch):
 def test_restart_restores_what_the_state_file_says_and_survives_junk(enforcer, monkeypatch):
     """A restarted controller re-learns names and address memory from state.json (so it neither
     drops snooped addresses nor forgets whose they were); damaged entries cost only themselves."""
-    import ramfw.enforcer as enforcer_mod
+    import ramfw.daemon.enforcer as enforcer_mod
 
     enf, clock = enforcer
     wall = time.time()

@@ -1,4 +1,4 @@
-from ramfw.dnscache import DnsCache
+from ramfw.dns.cache import DnsCache
 
 
 class Clock:

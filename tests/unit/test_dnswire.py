@@ -1,4 +1,4 @@
-"""ramfw.dnswire: checked against dnspython, fuzzed, and pinned with hand-built packets."""
+"""ramfw.dns.wire: checked against dnspython, fuzzed, and pinned with hand-built packets."""
 
 import ipaddress
 import random
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ramfw.dnswire import (
+from ramfw.dns.wire import (
     Message,
     MalformedPacket,
     Question,
@@ -843,7 +843,7 @@ def test_tcp_packet_to_answer_end_to_end():
 @settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0, max_value=2**128 - 1), st.integers(min_value=0, max_value=2**32 - 1))
 def test_ip_text_matches_ipaddress(v6, v4):
-    from ramfw.dnswire import ip_text
+    from ramfw.dns.wire import ip_text
 
     for ip in (ipaddress.IPv6Address(v6), ipaddress.IPv4Address(v4), ipaddress.IPv6Address(0xFFFF00000000 | v4)):
         assert ip_text(ip) == str(ip)

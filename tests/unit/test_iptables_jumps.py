@@ -1,9 +1,9 @@
 """The iptables backend's jumps, as pure logic: what is rendered, what counts as ramfw's, and the
 write plan that replaces the unconditional jumps earlier versions wrote (no root needed)."""
 
-from ramfw.backends import iptables as ipt
+from ramfw.backends.iptables import backend as ipt
 from ramfw.plan import plan
-from ramfw.policy import parse_policy
+from ramfw.policy.model import parse_policy
 
 DNS4, DNS6 = "198.51.100.53", "2001:db8:100::53"
 OUT_JUMP = "-m conntrack ! --ctstate RELATED,ESTABLISHED -j RAMFW-OUT"

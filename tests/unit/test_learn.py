@@ -2,8 +2,8 @@
 
 import tomllib
 
-from ramfw.learn import summarise
-from ramfw.policy import parse_policy
+from ramfw.report.learn import summarise
+from ramfw.policy.model import parse_policy
 
 
 def ev(host, dst, action="would_refuse", dport=443, names=None):

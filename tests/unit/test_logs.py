@@ -1,6 +1,6 @@
 import logging
 
-from ramfw.logs import KeyValueFormatter, fields
+from ramfw.common.logs import KeyValueFormatter, fields
 
 
 def record(msg, level=logging.WARNING, **kv):

@@ -7,8 +7,8 @@ import threading
 import time
 from types import SimpleNamespace
 
-from ramfw import metrics
-from ramfw.policysource import redact_url
+from ramfw.daemon import metrics
+from ramfw.daemon.source import redact_url
 
 
 def test_policy_urls_lose_user_info_and_query():

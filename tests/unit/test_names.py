@@ -1,6 +1,6 @@
 import pytest
 
-from ramfw.names import ANY_LABELS, EXACT, ONE_LABEL, NameError_, Pattern, PatternSet, normalise_name
+from ramfw.policy.names import ANY_LABELS, EXACT, ONE_LABEL, NameError_, Pattern, PatternSet, normalise_name
 
 
 @pytest.mark.parametrize(

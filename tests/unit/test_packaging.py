@@ -365,7 +365,7 @@ def test_install_build_context_is_the_package_and_builds(fake_docker, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (wheel,) = wheels.glob("ramfw-*.whl")
     members = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("ramfw/cli.py", "ramfw/data/registries.toml", "ramfw/data/default-policy.toml", "ramfw/data/ramfw.service"):
+    for needed in ("ramfw/cli/app.py", "ramfw/data/registries.toml", "ramfw/data/default-policy.toml", "ramfw/data/ramfw.service"):
         assert needed in members
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ramfw.errors import PolicyError
-from ramfw.policy import DEFAULT_SOURCE, load_policy, parse_policy
+from ramfw.policy.model import DEFAULT_SOURCE, load_policy, parse_policy
 
 
 def problems(text, fmt="toml"):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from ramfw.install import ramfw_executable, render_unit
+from ramfw.daemon.install import ramfw_executable, render_unit
 
 
 def ramfw(*args):
@@ -54,7 +54,7 @@ def test_install_refuses_paths_systemd_would_split():
 
 
 def test_install_writes_engine_dropins_that_require_ramfw(tmp_path):
-    from ramfw.install import dropin_paths, render_dropin
+    from ramfw.daemon.install import dropin_paths, render_dropin
 
     units = tmp_path / "units"
     r = ramfw("install", "--unit-dir", str(units), "--policy", str(tmp_path / "policy.toml"))
@@ -111,7 +111,7 @@ def test_reload_without_a_controller_is_one_clear_line(tmp_path, monkeypatch):
 def test_unit_waits_for_the_file_system_of_its_executable():
     """Found in the VM tier: /opt/ramfw on its own (nofail) mount was not there yet when the unit
     started at boot (203/EXEC), and the engines, which require ramfw, did not start at all."""
-    from ramfw.install import render_unit
+    from ramfw.daemon.install import render_unit
 
     unit = render_unit("/etc/ramfw/policy.toml", executable="/opt/ramfw/venv/bin/ramfw")
     assert re.search(r"^RequiresMountsFor=/opt/ramfw/venv/bin$", unit, re.M), unit
