@@ -18,6 +18,18 @@ AUDIT_LOG_GROUP = 3731  # NFLOG group for blocked attempts (events)
 DNS_LOG_GROUP = 3732  # NFLOG group for snooped DNS answers (log mode)
 DNS_QUEUE_NUM = 3733  # NFQUEUE number for held DNS answers (queue mode)
 DNS_QUERY_GROUP = 3734  # NFLOG group for DNS questions (answers count only for questions asked)
+SNI_QUEUE_NUM = 3735  # NFQUEUE number for the first payload of TLS connections (SNI binding)
+# SNI binding keeps its verdict in two bits of the connection's conntrack mark, under SNI_MASK
+# (the other 30 bits are preserved): high bits, clear of Docker (none), kube-proxy
+# (0x4000/0x8000), Tailscale (0xff0000), Cilium (0x0f00) and Istio (0x539). The inspector gives
+# its verdict in the same bits of the packet mark (NF_REPEAT), and a rule moves them to the
+# connection. PENDING is the nft fallback's "queue me" (ct mark, see backends/sni_rules.py);
+# LOOKED is the packet mark of a packet without payload: seen, nothing decided yet.
+SNI_MASK = 0x30000000
+SNI_PASS = 0x10000000
+SNI_REFUSE = 0x20000000
+SNI_PENDING = 0x30000000
+SNI_LOOKED = 0x30000000
 AUDIT_PREFIX = {"output": "ramfw-block-out", "forward": "ramfw-block-fwd"}
 # Audit mode logs with its own prefixes: an event says by itself whether the packet was refused
 # or only would have been, even while a reload switches between the two.
@@ -59,6 +71,8 @@ class Rule:
       accept_all                      denylist: everything left
       bypass_cgroup   path            output narrowed to a cgroup: other sockets accepted
       accept_internal ifnames         forward: leaving through a container bridge is not egress
+      sni_bind                        SNI binding (DesiredState.sni): first, before established
+                                      traffic is accepted; rendered by backends/sni_rules.py
     """
 
     kind: str
@@ -92,6 +106,25 @@ class DnsHook:
 
 
 @dataclass(frozen=True)
+class SniHook:
+    """SNI binding: TCP to `ports` of an allowed address (a set or a CIDR) is queued to
+    `queue_num` until its connection carries a verdict; refused connections are reset."""
+
+    mode: str  # "audit" (nothing refused, mismatches recorded) or "enforce"
+    ports: tuple[int, ...]
+    cidrs4: tuple[str, ...] = ()
+    cidrs6: tuple[str, ...] = ()
+    queue_num: int = SNI_QUEUE_NUM
+
+    @property
+    def refuse_quic(self) -> bool:
+        """QUIC carries its ClientHello encrypted (with keys anyone can derive, but not cheaply
+        in the kernel path): under enforce UDP to the TLS ports is refused, clients fall back to
+        TCP. Under audit it is left alone."""
+        return self.mode == "enforce"
+
+
+@dataclass(frozen=True)
 class DesiredState:
     mode: str
     policy_digest: str
@@ -102,6 +135,7 @@ class DesiredState:
     audit: bool = False  # audit mode: refuse chains log and accept
     audit_group: int = AUDIT_LOG_GROUP
     names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # ip -> names (for explain)
+    sni: SniHook | None = None  # SNI binding, when the policy turns it on
 
     def element_count(self) -> int:
         return sum(len(v) for v in self.sets.values())
@@ -168,10 +202,14 @@ def plan(
     servers4, servers6 = split_families(dns_servers)
     cidrs4, cidrs6 = split_families(tuple(policy.allow_cidrs) + tuple(policy.infrastructure_cidrs))
     final = "accept" if policy.audit else "drop" if snoop_mode == "log" else "reject"
+    sni = None
+    if policy.tls.sni != "off" and policy.mode == "allowlist":
+        sni = SniHook("audit" if policy.audit else policy.tls.sni, tuple(policy.tls.ports), cidrs4, cidrs6)
     chains = []
     for hook, enabled in (("output", policy.scope.output), ("forward", policy.scope.forward)):
         if enabled:
-            chains.append(ChainPlan(hook, _skeleton(policy, hook, servers4, servers6, cidrs4, cidrs6), final))
+            rules = _skeleton(policy, hook, servers4, servers6, cidrs4, cidrs6)
+            chains.append(ChainPlan(hook, ((Rule("sni_bind"),) if sni else ()) + rules, final))
 
     hooks = tuple(h for h, on in (("input", policy.scope.output), ("forward", policy.scope.forward)) if on)
     names = {ip: tuple(sorted(n)) for src in (allowed, blocked) for ip, n in src.items()}
@@ -184,6 +222,7 @@ def plan(
         conflicts=conflicts,
         audit=policy.audit,
         names=names,
+        sni=sni,
     )
 
 

@@ -40,6 +40,7 @@ MAX_BYTES = 5 << 20  # rotate to events.jsonl.1 beyond this
 LOG_EVERY = 60.0  # seconds between log lines for one destination
 PROTOS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 REFUSED, WOULD_REFUSE = "refused", "would_refuse"
+SNI_MISMATCH = "sni_mismatch"  # recorded by the sni thread (daemon/sni.py), with "sni" and "reason"
 # NFLOG prefix -> (scope, action); the prefixes are plan.AUDIT_PREFIX and plan.WOULD_REFUSE_PREFIX
 PREFIXES = {
     "ramfw-block-out": ("output", REFUSED),
@@ -130,6 +131,7 @@ class AuditLog:
         self._last_summary = time.monotonic()
         self.sock: NfLog | None = None
         self.beat: Callable[[], None] = lambda: None  # the supervising Worker's heartbeat
+        self._lock = threading.Lock()  # record() is called by the audit and the sni threads
 
     @property
     def dropped(self) -> int:
@@ -168,6 +170,10 @@ class AuditLog:
         return [ev for ev in events if self.limiter.allow((ev["scope"], ev["src"], ev.get("uid")))]
 
     def record(self, events: list[dict]) -> None:
+        with self._lock:
+            self._record(events)
+
+    def _record(self, events: list[dict]) -> None:
         events = self.admit(events)
         self._summarise_drops()
         if not events:
@@ -200,7 +206,7 @@ class AuditLog:
             if now - self._last_logged.get(key, -LOG_EVERY) >= LOG_EVERY:
                 self._last_logged[key] = now
                 log.warning("%s", describe(ev), extra=fields(
-                    event="blocked" if ev["action"] == REFUSED else "would_refuse", host=ev.get("hostname"), dst=ev["dst"],
+                    event={REFUSED: "blocked", SNI_MISMATCH: SNI_MISMATCH}.get(ev["action"], "would_refuse"), host=ev.get("hostname"), dst=ev["dst"],
                     dport=ev.get("dport"), proto=ev["proto"], scope=ev["scope"], uid=ev.get("uid"), policy=ev.get("policy")))
         if len(self._last_logged) > 10000:
             self._last_logged = {k: v for k, v in self._last_logged.items() if now - v < LOG_EVERY}
@@ -245,6 +251,11 @@ def describe(ev: dict) -> str:
     where = f"{ev['dst']}:{ev['dport']}" if ev.get("dport") is not None else ev["dst"]
     host = ev.get("hostname") or "an address no allowed name resolved to"
     who = f"{ev['scope']}" + (f", uid {ev['uid']}" if ev.get("uid") is not None else "")
+    if ev.get("action") == SNI_MISMATCH:
+        names = ", ".join(ev.get("names") or []) or "no remembered name"
+        what = "reset" if ev.get("refused") else "let through (SNI binding in audit)"
+        return (f"sni mismatch: {ev.get('sni') or 'no server name'} to {where} ({who}), an address given for {names}: "
+                f"{ev.get('reason')}; {what} by policy {ev.get('policy', '?')}")
     if ev.get("action") == WOULD_REFUSE:
         return (
             f"audit: registry access to {host} ({where} {ev['proto']}, {who}) would be refused by policy "

@@ -121,6 +121,9 @@ class Controller:
         self.audit_worker: Worker | None = None
         self.audit_stop = threading.Event()
         self.xt_created: list[str] = []
+        self.sni = None  # SNI binding's inspector (daemon/sni.py), while the policy turns it on
+        self.sni_worker: Worker | None = None
+        self.sni_stop = threading.Event()
         self.schedule = RefreshSchedule()
         self.counters = Counters("reloads", "reloads_refused", "repairs", "apply_failures", "ips_expired",
                                  "loop_errors", "state_write_failures", "tampered")
@@ -161,6 +164,7 @@ class Controller:
         self.schedule.record(staged.results, policy.dns.min_ttl, announce=False)
         self._start_snooper()
         self._start_audit()
+        self._start_sni()
         if self.metrics_spec:
             from ramfw.daemon.metrics import MetricsServer
 
@@ -224,6 +228,34 @@ class Controller:
         self.audit.beat = self.audit_worker.beat
         self.audit_worker.start()
 
+    def _start_sni(self) -> None:
+        """SNI binding's thread, when the enforced plan has the rules that feed it."""
+        from ramfw.daemon.sni import SniInspector
+        from ramfw.daemon.sni_decide import decider
+
+        enf = self.enforcer
+        if enf.desired.sni is None or self.sni_worker is not None:
+            return
+        self.sni = SniInspector(
+            self.netns_name, enf.desired.sni.queue_num, decider(enf),
+            lambda: enf.desired.sni.mode if enf.desired.sni is not None else "audit",
+            self.audit.record, lambda: enf.policy.digest,
+        )
+        self.sni.open()
+        self.sni_stop = threading.Event()
+        self.sni_worker = Worker("sni", self.sni.run, self.sni_stop)
+        self.sni.beat = self.sni_worker.beat
+        self.sni_worker.start()
+
+    def _stop_sni(self) -> None:
+        if self.sni_worker is not None:
+            self.sni_stop.set()
+            self.sni_worker.stop()
+            self.sni_worker = None
+        if self.sni is not None:
+            self.sni.close()
+            self.sni = None
+
     def _stop_audit(self) -> None:
         if self.audit_worker is not None:
             self.audit_stop.set()
@@ -241,7 +273,7 @@ class Controller:
             self.snooper = None
 
     def workers(self) -> list[Worker]:
-        out = [w for w in (self.snoop_worker, self.audit_worker) if w is not None]
+        out = [w for w in (self.snoop_worker, self.audit_worker, self.sni_worker) if w is not None]
         if self.metrics is not None and getattr(self.metrics, "worker", None) is not None:
             out.append(self.metrics.worker)
         return out
@@ -307,6 +339,10 @@ class Controller:
             self.snooper.set_trusted(enf.trusted_servers())
             if self._xtqueue_needed():
                 self._install_xtqueue()
+        if enf.desired.sni is None:
+            self._stop_sni()
+        else:
+            self._start_sni()
         self.counters.inc("reloads")
         self.policy_loaded_at = time.time()
         log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode_label, policy.digest,
@@ -370,6 +406,7 @@ class Controller:
                     "cache_evicted": cache["evicted"],
                     "refresh_failing": self.schedule.failing(),
                     **{f"snoop_{k}": v for k, v in snoop.items()},
+                    **({f"sni_{k}": v for k, v in self.sni.counters.items()} if self.sni is not None else {}),
                 },
             },
             name="controller.json",
@@ -489,6 +526,7 @@ class Controller:
         from ramfw.daemon.teardown import teardown
 
         self._stop_snooper()
+        self._stop_sni()
         self._stop_audit()
         if self.metrics is not None:
             self.metrics.stop()

@@ -93,6 +93,20 @@ class DnsSettings:
 
 DEFAULT_INTERNAL_INTERFACES = ("docker0", "br-*")
 
+SNI_MODES = ("off", "audit", "enforce")
+MAX_TLS_PORTS = 32
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """SNI binding (README "SNI binding"). Off by default: it needs the controller running
+    (`ramfw run`), sends the first packets of each TLS connection to an allowed address through
+    user space, and resets clients that send no server name (IP-literal HTTPS, plain TCP on 443);
+    roll it out like a policy: "audit" first, then "enforce"."""
+
+    sni: str = "off"
+    ports: tuple[int, ...] = (443,)
+
 
 @dataclass(frozen=True)
 class ScopeSettings:
@@ -123,6 +137,7 @@ class Policy:
     # addresses that must stay reachable whatever the policy says (an IP-literal policy URL);
     # not part of what the policy means, so not in its digest
     infrastructure_cidrs: tuple[str, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)
 
     @property
     def digest(self) -> str:
@@ -153,6 +168,8 @@ class Policy:
                 "internal_interfaces": list(self.scope.internal_interfaces),
             },
             "network": {"allow_cidrs": list(self.allow_cidrs)},
+            # only when not the default, so the digests of existing policies stay what they were
+            **({"tls": {"sni": self.tls.sni, "ports": list(self.tls.ports)}} if self.tls != TlsSettings() else {}),
         }
 
     # ---- verdicts -------------------------------------------------------------------------
@@ -287,7 +304,8 @@ def parse_policy(text: str, source: str, fmt: str = "toml", catalog: Catalog | N
 
 
 class Validator:
-    TOP_KEYS = {"mode", "allow", "block", "allow_broad", "dns", "scope", "network"}
+    TOP_KEYS = {"mode", "allow", "block", "allow_broad", "dns", "scope", "network", "tls"}
+    TLS_KEYS = {"sni", "ports"}
     DNS_KEYS = {"servers", "min_ttl", "grace", "max_ips_per_name", "max_addresses", "snoop"}
     SCOPE_KEYS = {"output", "forward", "cgroup", "internal_interfaces"}
     NETWORK_KEYS = {"allow_cidrs"}
@@ -364,6 +382,7 @@ class Validator:
         dns_t = self._table(top, "dns", self.DNS_KEYS)
         scope_t = self._table(top, "scope", self.SCOPE_KEYS)
         net_t = self._table(top, "network", self.NETWORK_KEYS)
+        tls_t = self._table(top, "tls", self.TLS_KEYS)
 
         allow_set: PatternSet = PatternSet()
         block_set: PatternSet = PatternSet()
@@ -411,6 +430,10 @@ class Validator:
             except ValueError as exc:
                 self.problem(f"network.allow_cidrs[{i}]", f"{text!r} is not a network ({exc})")
 
+        tls = TlsSettings(sni=self._choice(tls_t, "sni", "off", SNI_MODES, "tls.sni"), ports=self._tls_ports(tls_t))
+        if tls.sni != "off" and mode == "denylist":
+            self.problem("tls.sni", "SNI binding needs allowlist (or audit) mode: in denylist mode no address is bound to names")
+
         if self.problems:
             raise PolicyError(self.source, self.problems)
         warnings = list(self.warnings)
@@ -431,7 +454,28 @@ class Validator:
             ports=dict(self.ports),
             allow_set=allow_set,
             block_set=block_set,
+            tls=tls,
         )
+
+    def _tls_ports(self, tls_t: dict) -> tuple[int, ...]:
+        if "ports" not in tls_t:
+            return TlsSettings().ports
+        value = tls_t["ports"]
+        if not isinstance(value, list) or not value:
+            self.problem("tls.ports", f"must be a non-empty list of port numbers, got {_typename(value) if not isinstance(value, list) else 'an empty list'}")
+            return TlsSettings().ports
+        if len(value) > MAX_TLS_PORTS:
+            self.problem("tls.ports", f"{len(value)} ports: at most {MAX_TLS_PORTS}")
+            return TlsSettings().ports
+        ports: list[int] = []
+        for i, port in enumerate(value):
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                self.problem(f"tls.ports[{i}]", f"{port!r} is not a port number (1 … 65535)")
+            elif port in ports:
+                self.problem(f"tls.ports[{i}]", f"port {port} is listed twice")
+            else:
+                ports.append(port)
+        return tuple(ports)
 
     def _interfaces(self, scope_t: dict) -> tuple[str, ...]:
         if "internal_interfaces" not in scope_t:

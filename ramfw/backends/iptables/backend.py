@@ -85,6 +85,7 @@ from pathlib import Path
 from ramfw.kernel import netns
 from ramfw.errors import BackendError, NetnsError
 from ramfw.plan import DesiredState, Element, Rule
+from ramfw.backends import sni_rules
 from ramfw.backends.base import Backend, KernelState, Probe
 from ramfw.backends.links import Links, is_loopback, read_links
 from ramfw.backends.owned import OwnedElements
@@ -182,6 +183,8 @@ def is_our_jump(args: str) -> bool:
     target = _jump_target(args)
     if not _ours(target):
         return False
+    if sni_rules.is_sni_jump(args):
+        return True
     if args.split() in (["-j", target], ["-g", target]):
         return True
     try:
@@ -231,6 +234,8 @@ def _rule_args(rule: Rule, family: int, hook: str, links: Links = Links()) -> li
             return [refuse]
         case "accept_all":
             return ["-j ACCEPT"]
+        case "sni_bind":
+            return []  # its own chains, RAMFW-SNI-OUT/-FWD (sni_rules.add_to_table_part)
     raise ValueError(f"unknown rule kind {rule.kind}")
 
 
@@ -282,6 +287,8 @@ def table_part(desired: DesiredState, family: int, forward_anchor: str = "FORWAR
     # DNS chains first: their NFLOG/NFQUEUE must see packets before RAMFW-OUT accepts them.
     for anchor, targets in dns_jumps.items():
         part.jumps.setdefault(anchor, []).extend(j for t in targets for j in jump_rules(t))
+    cgroup = next((r.args[0] for c in desired.chains for r in c.rules if r.kind == "bypass_cgroup"), "")
+    sni_rules.add_to_table_part(part, desired, family, forward_anchor, cgroup, save_string)  # SNI binding, if on
     if "output" in main_jumps:
         part.jumps.setdefault("OUTPUT", []).extend(jump_rules(main_jumps["output"]))
     if "forward" in main_jumps:

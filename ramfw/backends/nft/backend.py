@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from ramfw.errors import BackendError
 from ramfw.plan import DesiredState, Element, Rule
 from ramfw.backends.base import Backend, KernelState, Probe
+from ramfw.backends import sni_rules
+from ramfw.backends.nft import sni_fallback
 from ramfw.backends.nft.libnft import NftContext
 from ramfw.backends.links import Links, is_loopback, read_links
 from ramfw.backends.owned import OwnedElements
@@ -124,6 +126,7 @@ class NftBackend(Backend):
         # started or restarted) makes check() report it, and the repair resolves it anew.
         self._cgroup_id: int | None = None
         self._cgroup_missing = False
+        self._sni_fallback_installed = False
 
     @property
     def ctx(self) -> NftContext:
@@ -177,7 +180,8 @@ class NftBackend(Backend):
     def chains(self, desired: DesiredState) -> list[ChainText]:
         chains = []
         for chain in desired.chains:
-            rules = [r for rule in chain.rules for r in self._rule_text(rule, chain.hook)]
+            rules = [r for rule in chain.rules
+                     for r in (self._sni_text(desired, chain.hook) if rule.kind == "sni_bind" else self._rule_text(rule, chain.hook))]
             chains.append(ChainText(CHAIN_FOR_HOOK[chain.hook], chain.hook, CHAIN_PRIORITY, tuple(rules)))
             refuse = [f'counter name "{REFUSE_CHAIN[chain.hook]}"', f'log prefix "{chain.log_prefix} " group {desired.audit_group}']
             if chain.final in ("drop", "accept"):
@@ -189,6 +193,12 @@ class NftBackend(Backend):
         # never jumped to: carries what status reads back
         chains.append(ChainText(META_CHAIN, None, rules=(f'counter comment "{_meta_comment(desired)}"',)))
         return chains
+
+    def _sni_text(self, desired: DesiredState, hook: str) -> list[str]:
+        """SNI binding's rules (backends/sni_rules.py), narrowed to the scope's cgroup on output."""
+        path = _cgroup_path(desired) if hook == "output" and not self._cgroup_missing else None
+        cgroup = f'socket cgroupv2 level {path.count("/") + 1} "{path}"' if path else ""
+        return sni_rules.nft_rules(desired, self.features.get("queue", False), cgroup)
 
     def _dns_chains(self, desired: DesiredState) -> list[ChainText]:
         """Questions to the trusted servers are logged, answers from them held or copied.
@@ -333,6 +343,11 @@ class NftBackend(Backend):
                     "only there); create the cgroup, or on a host whose cgroup v2 tree is elsewhere use --backend iptables"
                 ) from None
             raise
+        if self._sni_fallback_needed(desired):
+            sni_fallback.install(self.netns_name, desired.sni.queue_num)
+        elif self._sni_fallback_installed:
+            sni_fallback.remove(self.netns_name)
+        self._sni_fallback_installed = self._sni_fallback_needed(desired)
         # What was applied, as the kernel holds it: check() compares against this, by content.
         self._owned.reset({name: [e.ip for e in elems] for name, elems in desired.sets.items()})
         with self._reader() as r:
@@ -358,7 +373,11 @@ class NftBackend(Backend):
         for name, ips in elements.items():
             self._owned.remove(name, ips)
 
+    def _sni_fallback_needed(self, desired: DesiredState) -> bool:
+        return desired.sni is not None and not self.features.get("queue", False)
+
     def destroy(self) -> bool:
+        sni_fallback.remove(self.netns_name)
         if not self._table_exists():
             return False
         self.ctx.run(f"delete table {FAMILY} {TABLE}\n")
@@ -406,6 +425,8 @@ class NftBackend(Backend):
         if not state.installed:
             return [f"table {FAMILY} {TABLE} is missing"]
         problems = self._cgroup_problem(desired)
+        if self._sni_fallback_needed(desired):
+            problems += sni_fallback.problems(self.netns_name, desired.sni.queue_num)
         if state.meta.get("policy") != desired.policy_digest:
             problems.append(f"table {FAMILY} {TABLE} holds policy {state.meta.get('policy')} instead of {desired.policy_digest}")
         if self._applied:
