@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Callable
 
-from ramfw.dns.wire import PROTO_TCP, MalformedPacket, ip_text, parse_ip_packet
+from ramfw.dns.wire import PROTO_TCP, TCP_SYN, MalformedPacket, ip_text, parse_ip_packet
 from ramfw.kernel import netns
 from ramfw.kernel.nfnetlink import (
     NFNL_SUBSYS_QUEUE,
@@ -138,10 +138,14 @@ class SniInspector:
             self.counters["late"] += 1
             self._out.append((packet_id, _with_bits(mark, known)))
             return
+        seq = pkt.tcp_seq
+        if pkt.tcp_flags & TCP_SYN:  # where the stream starts: reordered pieces fall in place
+            self.assembler.note_syn(key, seq)
+            seq = (seq + 1) & 0xFFFFFFFF  # TCP Fast Open: the SYN's own data starts after it
         if not pkt.payload:
             self._out.append((packet_id, _with_bits(mark, SNI_LOOKED)))
             return
-        for ready in self.assembler.feed(key, pkt.tcp_seq, pkt.payload, (packet_id, mark, hook)):
+        for ready in self.assembler.feed(key, seq, pkt.payload, (packet_id, mark, hook)):
             self._judge(ready)
 
     def _judge(self, ready: Ready) -> None:

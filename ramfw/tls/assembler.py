@@ -47,6 +47,7 @@ class Flow:
     data: bytearray = field(default_factory=bytearray)
     pending: dict[int, bytes] = field(default_factory=dict)  # out-of-order: offset -> bytes
     held: list = field(default_factory=list)  # opaque packet handles, in arrival order
+    known_start: bool = False  # base came from the SYN (else: from the first payload seen)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class Assembler:
         self.max_bytes, self.max_wait, self.max_held, self.max_flows = max_bytes, max_wait, max_held, max_flows
         self._flows: OrderedDict[FlowKey, Flow] = OrderedDict()  # oldest first
         self._decided: OrderedDict[FlowKey, tuple[object, float]] = OrderedDict()
+        self._starts: OrderedDict[FlowKey, int] = OrderedDict()  # where each stream begins (SYN + 1)
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -97,6 +99,14 @@ class Assembler:
 
     # ---- feeding ------------------------------------------------------------------------------
 
+    def note_syn(self, key: FlowKey, seq: int) -> None:
+        """The connection's SYN: its stream starts at seq + 1. Without it, the first payload
+        seen is taken as the start, and an earlier one arriving later moves the start back."""
+        self._starts.pop(key, None)
+        self._starts[key] = (seq + 1) % SEQ_MOD
+        while len(self._starts) > MAX_DECIDED:
+            self._starts.popitem(last=False)
+
     def feed(self, key: FlowKey, seq: int, payload: bytes, handle) -> list[Ready]:
         """Hold one payload-carrying packet. Returns the connections that became ready (this
         one, and an evicted oldest one when MAX_FLOWS was reached)."""
@@ -106,7 +116,9 @@ class Assembler:
             if len(self._flows) >= self.max_flows:
                 old_key, old = self._flows.popitem(last=False)
                 out.append(self._ready(old, "flows"))
-            flow = Flow(key, self.clock(), seq)
+            start = self._starts.pop(key, None)
+            flow = Flow(key, self.clock(), seq if start is None else start)
+            flow.known_start = start is not None
             self._flows[key] = flow
         flow.held.append(handle)
         self._place(flow, seq, payload)
@@ -122,7 +134,15 @@ class Assembler:
 
     def _place(self, flow: Flow, seq: int, payload: bytes) -> None:
         off = _offset(seq, flow.base)
-        if off < 0:  # starts before what we hold: a retransmit reaching back; keep the new part
+        if off < 0 and not flow.known_start and -off < self.max_bytes:
+            # earlier bytes than the first we saw (reordered on the way): the stream starts
+            # here; what we hold moves to where it belongs
+            shift = -off
+            moved = {o + shift: b for o, b in flow.pending.items()}
+            if flow.data:
+                moved[shift] = bytes(flow.data)
+            flow.pending, flow.data, flow.base, off = moved, bytearray(), seq, 0
+        if off < 0:  # starts before the stream: a retransmit reaching back; keep the new part
             payload = payload[-off:]
             off = 0
         have = len(flow.data)

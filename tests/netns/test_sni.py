@@ -44,7 +44,7 @@ def bed(request, testbed, state_dir, tmp_path):
 def start(tb, tmp_path, sni="enforce"):
     path = tmp_path / "policy.toml"
     path.write_text(policy_text(sni))
-    ctl = Controller(tb.client, str(path), "--backend", tb.backend)
+    ctl = Controller(tb.client, str(path), "--backend", tb.backend, "--check-interval", "1")
     try:
         ctl.wait_ready()
         # the client learns the edge's address the way a pull does: by asking DNS
@@ -71,6 +71,9 @@ def test_allowed_name_passes_and_blocked_name_is_reset_at_once(bed, tmp_path):
         assert {e["dst"] for e in evs} >= {EDGE4, EDGE6}, evs
         ev = next(e for e in evs if e["dst"] == EDGE4)
         assert ev["sni"] == BLOCKED and ALLOWED in ev["names"] and ev["refused"] is True, ev
+        # the SNI rules read back exactly as rendered: the 1 s check never finds them altered
+        time.sleep(2.5)
+        assert "altered" not in ctl.output(), ctl.output()[-3000:]
     finally:
         ctl.stop()
 
