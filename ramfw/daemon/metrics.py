@@ -97,9 +97,16 @@ class ControllerCollector:
         would = CounterMetricFamily("ramfw_would_refuse_attempts", "Attempts audit mode let through but the policy would refuse, by host name", labels=["host"])
         audit = getattr(ctl, "audit", None)
         for (action, host), count in sorted(dict(audit.by_host if audit else {}).items()):  # a copy: the audit thread adds keys
-            (would if action == "would_refuse" else blocked).add_metric([host], count)
+            if action in ("would_refuse", "refused"):
+                (would if action == "would_refuse" else blocked).add_metric([host], count)
         yield blocked
         yield would
+        sni = dict(ctl.sni.counters) if getattr(ctl, "sni", None) is not None else {}
+        judged = CounterMetricFamily("ramfw_sni_connections", "TLS connections judged by SNI binding, by outcome", labels=["outcome"])
+        for key in ("passed", "mismatched", "no_sni", "refused", "audited"):
+            judged.add_metric([key], sni.get(key, 0))
+        yield judged
+        yield CounterMetricFamily("ramfw_sni_packets", "Packets SNI binding examined in user space", value=sni.get("packets", 0))
         yield CounterMetricFamily("ramfw_events_dropped", "Refused-attempt events dropped by the per-source rate limit",
                                   value=audit.dropped if audit else 0)
         yield GaugeMetricFamily("ramfw_audit_mode", "1 when the policy runs in audit mode (nothing refused)", value=int(enf.policy.audit))

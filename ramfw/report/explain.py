@@ -56,7 +56,10 @@ def explain(target: str, netns_name: str | None, policy_path: str | None = None)
             reasons.append(f"conflict: reached through allowed {', '.join(c['allowed_names'])} and blocked {', '.join(c['blocked_names'])}; allowed")
         if sets is None:
             reasons.append("ramfw enforces nothing in this namespace right now")
-        out.update({"kind": "ip", "ip": ip, "verdict": verdict, "reasons": reasons, "learned_from": learned, "conflicts": conflicts})
+        carries = sorted({item["name"] for item in learned} | set(saved.get("remembered", {}).get(ip, [])))
+        sni = sni_binding(policy, ip, carries, bool(in_cidr), verdict == "allowed")
+        out.update({"kind": "ip", "ip": ip, "verdict": verdict, "reasons": reasons, "learned_from": learned, "conflicts": conflicts,
+                    "names": carries, "sni": sni})
         return out
 
     try:
@@ -90,6 +93,23 @@ def explain(target: str, netns_name: str | None, policy_path: str | None = None)
     return out
 
 
+def sni_binding(policy, ip: str, names: list[str], static: bool, allowed: bool) -> dict:
+    """Whether SNI binding applies to connections to `ip`, and which server names it accepts."""
+    mode = "audit" if policy.tls.sni != "off" and policy.audit else policy.tls.sni
+    out = {"mode": mode, "ports": list(policy.tls.ports), "applies": mode != "off" and allowed and policy.mode == "allowlist"}
+    if mode == "off":
+        out["rule"] = "SNI binding is off ([tls] sni): any server name may be used with this address"
+    elif not out["applies"]:
+        out["rule"] = "not an allowed address: connections to it are refused before any ClientHello"
+    elif static:
+        out["rule"] = "admitted by allow_cidrs: the server name must be a name the policy allows"
+    elif names:
+        out["rule"] = f"the server name must be allowed and one of {', '.join(names)} (or a host of the same catalog registry)"
+    else:
+        out["rule"] = "no names remembered for it: the server name must be a name the policy allows"
+    return out
+
+
 def print_human(d: dict) -> None:
     echo = typer.echo
     subject = d.get("ip") or d.get("name")
@@ -109,6 +129,11 @@ def print_human(d: dict) -> None:
         echo(f"  checked {cat['checked'] or 'never'} against: " + (", ".join(cat["sources"]) or "no sources recorded"))
         if cat.get("generated_from"):
             echo(f"  generated from: {cat['generated_from']}")
+    if d.get("kind") == "ip":
+        echo("  names it carries: " + (", ".join(d["names"]) or "none remembered"))
+        sni = d["sni"]
+        ports = ",".join(map(str, sni["ports"]))
+        echo(f"  SNI binding ({sni['mode']}, TCP ports {ports}): {'applies' if sni['applies'] else 'does not apply'}; {sni['rule']}")
     if d.get("kind") == "host":
         if d["learned_ips"]:
             echo("  addresses learned: " + ", ".join(f"{x['ip']} (expires in {x['expires_in']}s)" for x in d["learned_ips"]))

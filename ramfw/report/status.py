@@ -84,9 +84,10 @@ def print_human(d: dict) -> None:
         echo(f"repair:      ruleset compared by content every {d['check_interval']:g}s; "
              f"found tampered {d['controller_counters'].get('tampered', 0)} time(s)")
     counters = d["controller_counters"]
-    plain = {k: v for k, v in counters.items() if not k.startswith("snoop_")}
+    plain = {k: v for k, v in counters.items() if not k.startswith(("snoop_", "sni_"))}
     snoop = {k[len("snoop_"):]: v for k, v in counters.items() if k.startswith("snoop_") and (v or k == "snoop_answers_seen")}
-    for title, group in (("counters:", plain), ("snooping:", snoop)):
+    sni = {k[len("sni_"):]: v for k, v in counters.items() if k.startswith("sni_") and (v or k == "sni_connections")}
+    for title, group in (("counters:", plain), ("snooping:", snoop), ("sni binding:", sni)):
         if group:
             echo(f"{title:<13}" + " ".join(f"{k}={v}" for k, v in sorted(group.items())))
     if d["conflicts"]:

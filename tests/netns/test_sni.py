@@ -71,6 +71,13 @@ def test_allowed_name_passes_and_blocked_name_is_reset_at_once(bed, tmp_path):
         assert {e["dst"] for e in evs} >= {EDGE4, EDGE6}, evs
         ev = next(e for e in evs if e["dst"] == EDGE4)
         assert ev["sni"] == BLOCKED and ALLOWED in ev["names"] and ev["refused"] is True, ev
+        # explain: the names the address carries, and that binding applies to it
+        import json
+        ex = json.loads(run_ramfw("explain", EDGE4, "--netns", bed.client, "--json", check=0).stdout)
+        assert ALLOWED in ex["names"] and ex["sni"]["applies"] and ex["sni"]["mode"] == "enforce", ex
+        text = run_ramfw("explain", EDGE4, "--netns", bed.client, check=0).stdout
+        assert f"names it carries: {ALLOWED}" in text and "SNI binding (enforce, TCP ports 443): applies" in text, text
+        assert "sni binding:" in run_ramfw("status", "--netns", bed.client, check=0).stdout
         # the SNI rules read back exactly as rendered: the 1 s check never finds them altered
         time.sleep(2.5)
         assert "altered" not in ctl.output(), ctl.output()[-3000:]
