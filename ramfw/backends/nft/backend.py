@@ -126,7 +126,7 @@ class NftBackend(Backend):
         # started or restarted) makes check() report it, and the repair resolves it anew.
         self._cgroup_id: int | None = None
         self._cgroup_missing = False
-        self._sni_fallback_installed = False
+        self._sni_fallback_installed: bool | None = None  # None: not known yet (no apply in this process)
 
     @property
     def ctx(self) -> NftContext:
@@ -345,7 +345,8 @@ class NftBackend(Backend):
             raise
         if self._sni_fallback_needed(desired):
             sni_fallback.install(self.netns_name, desired.sni.queue_num)
-        elif self._sni_fallback_installed:
+        elif self._sni_fallback_installed or (self._sni_fallback_installed is None and self._sni_fallback_present()):
+            # turned off, or (first apply in this process) left by an earlier run
             sni_fallback.remove(self.netns_name)
         self._sni_fallback_installed = self._sni_fallback_needed(desired)
         # What was applied, as the kernel holds it: check() compares against this, by content.
@@ -372,6 +373,15 @@ class NftBackend(Backend):
         self._writer().remove({name: list(ips) for name, ips in elements.items() if ips})
         for name, ips in elements.items():
             self._owned.remove(name, ips)
+
+    def _sni_fallback_present(self) -> bool:
+        for family in ("ip", "ip6"):
+            try:
+                self.ctx.run(f"list chain {family} {sni_fallback.TABLE} {sni_fallback.CHAIN}\n")
+                return True
+            except BackendError:
+                pass
+        return False
 
     def _sni_fallback_needed(self, desired: DesiredState) -> bool:
         return desired.sni is not None and not self.features.get("queue", False)
