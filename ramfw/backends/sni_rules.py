@@ -12,9 +12,10 @@ accepted, since a ClientHello travels on an established connection):
   4. under enforce, UDP to a TLS port of an allowed address (QUIC) is refused.
 
 A connection with a verdict never reaches user space again: after the first payload everything
-runs in the kernel. Packets without payload (SYN, the handshake's ACK) are queued too, since the
-kernel cannot tell their length from a 1-byte segment's cheaply; the inspector answers them with
-LOOKED (repeat, not queued again, nothing recorded).
+runs in the kernel. Packets without payload (SYN, the handshake's ACK) are recognised in the kernel
+(IP length = IP header + TCP header) and never queued: one trip to user space per connection,
+for its ClientHello. What the kernel cannot judge (IP options, IPv6 extension headers) is queued
+and the inspector answers a packet without payload with LOOKED (repeat, not queued again).
 
 Where the kernel's nftables lacks `queue` (this project's machines; Debian 12's 6.1 has it),
 the nft backend marks the connection PENDING instead, and an xtables chain in iptables-nft's
@@ -64,20 +65,52 @@ def nft_rules(desired: DesiredState, native_queue: bool, cgroup_match: str = "")
     # original direction only: the reset the kernel sends back carries the refused connection's
     # mark too (attached as related-reply), and must not be rejected in its turn
     out.append(f"ct mark & {mask} == {SNI_REFUSE:#x} ct direction original meta l4proto tcp reject with tcp reset")
-    if native_queue:
-        # a LOOKED packet (no payload) comes back marked and goes on; its connection stays open
-        cond, action = f"meta mark & {mask} == 0x0 ct mark & {mask} == 0x0", f"queue num {sni.queue_num} bypass"
-    else:
-        cond, action = f"ct mark & {mask} == 0x0", f"ct mark set ct mark | {SNI_PENDING:#x}"
+    # a LOOKED packet (no payload, native queue) comes back marked and goes on
+    cond = f"meta mark & {mask} == 0x0 ct mark & {mask} == 0x0" if native_queue else f"ct mark & {mask} == 0x0"
     for family in (4, 6):
         targets = [f"@{SETS[family]}"]
         cidrs = sni.cidrs4 if family == 4 else sni.cidrs6
         if cidrs:
             targets.append("{ " + ", ".join(cidrs) + " }")
         for target in targets:
-            out.append(f"{cond} {cg}{ADDR[family]} daddr {target} tcp dport {_ports_nft(sni)} {action}")
+            out.append(f"{cond} {cg}{ADDR[family]} daddr {target} tcp dport {_ports_nft(sni)} jump {NFT_CHECK_CHAIN}")
             if sni.refuse_quic:
                 out.append(f"{cg}{ADDR[family]} daddr {target} udp dport {_ports_nft(sni)} reject with icmpx admin-prohibited")
+    return out
+
+
+NFT_CHECK_CHAIN = "sni_check"
+TCP_DOFFS = range(5, 16)  # TCP header length in 32-bit words
+
+
+def nft_check_chain(desired: DesiredState, native_queue: bool) -> list[str]:
+    """The regular chain both hooks jump to for an undecided connection: packets without
+    payload (SYN, the handshake's ACK: IP length = headers) go on without a trip to user space;
+    the rest is queued (native) or its connection marked PENDING for the xtables fallback. A
+    SYN with data (TCP Fast Open) has payload and is queued like any. IPv4 with options and
+    IPv6 with extension headers are queued whatever they carry (the inspector tells)."""
+    sni = desired.sni
+    if sni is None:
+        return []
+    out = [f"meta nfproto ipv4 ip hdrlength 5 tcp doff {d} ip length {20 + 4 * d} return" for d in TCP_DOFFS]
+    out += [f"meta nfproto ipv6 ip6 nexthdr tcp tcp doff {d} ip6 length {4 * d} return" for d in TCP_DOFFS]
+    out.append(f"queue num {sni.queue_num} bypass" if native_queue else f"ct mark set ct mark | {SNI_PENDING:#x}")
+    return out
+
+
+def ipt_no_payload(family: int) -> list[str]:
+    """RETURN for packets that carry no payload (see nft_check_chain), as iptables-save prints
+    them: the IP length equals the headers' (u32 reads the IPv4 header length, the IPv6 next
+    header and the TCP data offset)."""
+    out = []
+    for d in TCP_DOFFS:
+        if family == 4:
+            u32 = f"0x0>>0x18&0xf=0x5&&0x20>>0x1c={d:#x}"
+            length = 20 + 4 * d
+        else:
+            u32 = f"0x4>>0x8&0xff=0x6&&0x34>>0x1c={d:#x}"
+            length = 40 + 4 * d
+        out.append(f'-p tcp -m length --length {length} -m u32 --u32 "{u32}" -j RETURN')
     return out
 
 
@@ -101,6 +134,7 @@ def ipt_chain(sni: SniHook, hook: str, family: int, cgroup_path: str = "", save_
         rules.append("-o lo -j RETURN")
         if cgroup_path:
             rules.append(f"-m cgroup ! --path {save_string(cgroup_path)} -j RETURN")
+    rules += ipt_no_payload(family)
     cidrs = sni.cidrs4 if family == 4 else sni.cidrs6
     targets = [f"-m set --match-set {IPT_SET[family]} dst"] + [f"-d {c}" for c in cidrs]
     for target in targets:

@@ -216,8 +216,12 @@ def events(
     def line(ev: dict) -> str:
         where = f"{ev['dst']}:{ev['dport']}" if ev.get("dport") is not None else ev["dst"]
         uid = f" uid={ev['uid']}" if ev.get("uid") is not None else ""
-        return (f"{ev['time']}  {ev.get('action', 'refused'):<12} {ev['scope']:<7}{uid}  {ev['proto']:<4} {ev['src']} -> {where}  "
+        text = (f"{ev['time']}  {ev.get('action', 'refused'):<12} {ev['scope']:<7}{uid}  {ev['proto']:<4} {ev['src']} -> {where}  "
                 f"{ev.get('hostname') or '-'}")
+        if ev.get("action") == audit.SNI_MISMATCH:  # the server name, and what the address was given for
+            text += f"  (address given for {', '.join(ev.get('names') or []) or 'no remembered name'}; " \
+                    f"{'reset' if ev.get('refused') else 'let through'}: {ev.get('reason')})"
+        return text
 
     if follow:
         for ev in audit.follow_events(netns):

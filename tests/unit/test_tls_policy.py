@@ -69,7 +69,11 @@ def test_plan_puts_sni_first_and_backends_render_it():
     # the SNI rules come before established traffic is accepted (a ClientHello is established)
     chain = fallback.split("chain output_filter")[1]
     assert chain.index("tcp dport { 443, 8443 }") < chain.index("ct state established,related accept")
+    # packets without payload stay in the kernel: IP length = headers, per TCP data offset
+    assert "chain sni_check" in native and "ip hdrlength 5 tcp doff 8 ip length 52 return" in native
+    assert "ip6 nexthdr tcp tcp doff 8 ip6 length 32 return" in native
     ipt = IptablesBackend().render(d)
+    assert '-p tcp -m length --length 52 -m u32 --u32 "0x0>>0x18&0xf=0x5&&0x20>>0x1c=0x8" -j RETURN' in ipt
     assert "-A RAMFW-SNI-OUT -p tcp -m set --match-set ramfw-allow4 dst -j NFQUEUE --queue-num 3735 --queue-bypass" in ipt
     assert "-A RAMFW-SNI-FWD -d 198.51.100.70/32 -p udp -j REJECT --reject-with icmp-admin-prohibited" in ipt
     jump = "-p tcp -m multiport --dports 443,8443 -m connmark ! --mark 0x10000000/0x30000000 -j RAMFW-SNI-OUT"

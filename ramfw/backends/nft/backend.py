@@ -189,6 +189,9 @@ class NftBackend(Backend):
             else:
                 refuse += ["meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
             chains.append(ChainText(REFUSE_CHAIN[chain.hook], None, rules=tuple(refuse)))
+        if desired.sni is not None:  # SNI binding's check chain, jumped to from both hooks
+            check = sni_rules.nft_check_chain(desired, self.features.get("queue", False))
+            chains.append(ChainText(sni_rules.NFT_CHECK_CHAIN, None, rules=tuple(check)))
         chains += self._dns_chains(desired)
         # never jumped to: carries what status reads back
         chains.append(ChainText(META_CHAIN, None, rules=(f'counter comment "{_meta_comment(desired)}"',)))
