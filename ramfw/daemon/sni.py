@@ -9,7 +9,9 @@ reset at once. NF_REPEAT plus a mark works on every kernel with NFQUEUE; setting
 mark straight from the verdict (NFQA_CT) needs CONFIG_NETFILTER_NETLINK_GLUE_CT, which this
 project's development kernel lacks.
 
-  * no payload (SYN, the handshake's ACK): LOOKED, released at once, nothing decided;
+  * no payload (the kernel keeps these back already where it can tell, see
+    backends/sni_rules.py; IP options, IPv6 extension headers, a window update): LOOKED,
+    released at once, nothing decided; a SYN also says where the stream starts;
   * payload: held (no verdict, so none of its bytes leave) until the ClientHello is whole
     (tls/assembler.py: bounded in bytes, time, packets and connections), then every held
     packet gets the connection's verdict together, in the order they came;
