@@ -22,7 +22,8 @@ import urllib.parse
 
 from ramfw.kernel import netns
 from ramfw.errors import PolicyError, RamfwError, UsageError
-from ramfw.policy.model import MAX_POLICY_BYTES, Policy, load_policy, parse_policy
+from ramfw.policy.model import MAX_POLICY_BYTES, Policy
+from ramfw.policy.load import load_policy, parse_policy, policy_format
 from ramfw.dns.resolver import Resolver, read_nameservers
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ class UrlSource:
             return self._count("unreachable", f"policy source {self.url} answered HTTP {resp.status}; keeping the last good policy")
         try:
             text = body.decode("utf-8")
-            fmt = "json" if "json" in (resp.getheader("Content-Type") or "") or text.lstrip().startswith("{") else "toml"
+            fmt = policy_format(text, self.parts.path, resp.getheader("Content-Type") or "")
             parse_policy(text, self.url, fmt=fmt)
         except (UnicodeDecodeError, PolicyError) as exc:
             detail = "; ".join(exc.lines()) if isinstance(exc, PolicyError) else "not UTF-8 text"

@@ -130,7 +130,7 @@ def remove_state(netns_name: str | None) -> None:
 def enforced_policy(saved: dict, policy_path: str | None = None):
     """The policy to reason with: the one given, else the one the namespace enforces (as its
     state file records), else $RAMFW_POLICY or the embedded default."""
-    from ramfw.policy.model import load_policy
+    from ramfw.policy.load import load_policy
 
     if policy_path:
         return load_policy(policy_path)
@@ -140,7 +140,8 @@ def enforced_policy(saved: dict, policy_path: str | None = None):
 
 
 def _recorded_policy(saved: dict):
-    from ramfw.policy.model import DEFAULT_SOURCE, load_policy
+    from ramfw.policy.model import DEFAULT_SOURCE
+    from ramfw.policy.load import load_policy
 
     from ramfw.daemon.source import UrlSource, is_url
 
@@ -152,3 +153,20 @@ def _recorded_policy(saved: dict):
     if source == DEFAULT_SOURCE:
         return load_policy(None)
     return load_policy(os.environ.get("RAMFW_POLICY") or None)
+
+
+HEARTBEAT_STALE = 30.0  # seconds without a controller heartbeat before it counts as gone
+
+
+def controller_liveness(ctl: dict) -> dict:
+    """Whether the controller that wrote controller.json still runs: its pid exists and its
+    heartbeat is fresh."""
+    pid = ctl.get("pid")
+    alive = False
+    if pid:
+        try:
+            os.kill(pid, 0)
+            alive = time.time() - ctl.get("heartbeat", 0) < HEARTBEAT_STALE
+        except (ProcessLookupError, PermissionError):
+            alive = False
+    return {"running": alive, "pid": pid if alive else None, "heartbeat_age": round(time.time() - ctl["heartbeat"], 1) if alive else None}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import logging
 import socket
 import ssl
 import time
@@ -21,6 +22,8 @@ from ramfw.kernel import netns
 from ramfw.policy.catalog import ROLE_API, default_catalog
 from ramfw.policy.model import Policy
 from ramfw.dns.resolver import Resolver, read_nameservers
+
+log = logging.getLogger(__name__)
 
 TLS_PORTS = (443, 5000, 8443)
 CONNECT_TIMEOUT = 3.0
@@ -155,3 +158,21 @@ def print_human(rows: list[Probe]) -> None:
     for r in rows:
         if r.verdict == "MISMATCH":
             typer.echo(f"  mismatch: {r.host} ({r.address}:{r.port}) expected {r.expect}, got {r.result}; because {r.why}")
+
+
+def check_namespace(netns_name: str | None, policy_path: str | None) -> list[Probe]:
+    """`ramfw check`: probe the enforced policy (or --policy) against what the kernel's sets hold."""
+    from ramfw.backends.choose import read_installed
+    from ramfw.daemon import state as state_file
+
+    netns.require(netns_name)
+    pol = state_file.enforced_policy(state_file.read_state(netns_name), policy_path)
+    kernel = read_installed(netns_name)
+    allowed = {ip for name, elems in kernel.sets.items() if name.startswith("allow") for ip in elems}
+    allowed |= {ip for c in pol.allow_cidrs for ip in ([c.split("/")[0]] if c.endswith(("/32", "/128")) else [])}
+    rows = run_check(pol, netns_name, allowed, log_mode=kernel.meta.get("snoop") == "log")
+    if not kernel.installed:
+        log.warning("ramfw enforces nothing in this namespace: every refused expectation will be a mismatch")
+    elif kernel.meta.get("audit") == "1":
+        log.warning("ramfw runs in AUDIT mode here: nothing is refused, so every refused expectation will be a mismatch")
+    return rows

@@ -159,6 +159,15 @@ def fragment(suggested: list[str], allow: list[str], warnings: list[str], namele
     return "\n".join(lines) + "\n"
 
 
+def learn_namespace(netns_name: str | None, policy_path: str | None) -> dict:
+    """`ramfw learn`: the report for the enforced policy (or --policy) from the namespace's events."""
+    from ramfw.daemon import state as state_file
+    from ramfw.kernel.netns import require
+
+    require(netns_name)
+    return learn(netns_name, state_file.enforced_policy(state_file.read_state(netns_name), policy_path))
+
+
 def learn(netns_name: str | None, policy: Policy) -> dict:
     found = audit.load_events(netns_name)
     report = summarise(found.events, policy)

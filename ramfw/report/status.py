@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import typer
 
 from ramfw.kernel import netns
 from ramfw.daemon import state as state_file
+from ramfw.daemon.state import controller_liveness
 from ramfw.backends.choose import read_installed
-
-HEARTBEAT_STALE = 30.0  # seconds without a controller heartbeat before it counts as gone
-
-
-def controller_liveness(ctl: dict) -> dict:
-    pid = ctl.get("pid")
-    alive = False
-    if pid:
-        try:
-            os.kill(pid, 0)
-            alive = time.time() - ctl.get("heartbeat", 0) < HEARTBEAT_STALE
-        except (ProcessLookupError, PermissionError):
-            alive = False
-    return {"running": alive, "pid": pid if alive else None, "heartbeat_age": round(time.time() - ctl["heartbeat"], 1) if alive else None}
-
 
 def collect(netns_name: str | None) -> dict:
     netns.require(netns_name)

@@ -16,7 +16,7 @@ import time
 from ramfw.backends.iptables.backend import IptablesBackend
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.plan import Element, plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 from testbed import Testbed
 
 PEER = "198.51.100.77"

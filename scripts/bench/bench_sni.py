@@ -61,7 +61,7 @@ def inspector_cost(n: int = 5000) -> tuple[float, float]:
 
     from ramfw.daemon.sni import SniInspector
     from ramfw.dns.cache import DnsCache
-    from ramfw.policy.model import parse_policy
+    from ramfw.policy.load import parse_policy
     from ramfw.tls.binding import decide, registry_of
     from ramfw.policy.catalog import default_catalog
 

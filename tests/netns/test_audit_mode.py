@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from ramfw.policy.model import parse_policy  # noqa: E402
+from ramfw.policy.load import parse_policy  # noqa: E402
 from runcli import Controller, events, run_ramfw, wait_for  # noqa: E402
 from test_service import metric, scrape_unix  # noqa: E402
 

@@ -27,7 +27,7 @@ from ramfw.backends.iptables.backend import IptablesBackend
 from ramfw.errors import BackendError
 from ramfw.kernel.nfnetlink import NfLog, NfQueue
 from ramfw.plan import AUDIT_LOG_GROUP, DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM, Element, plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 from testbed import DNS4, DNS6, probe_during
 
 ALLOWED = {"reg.allowed.test": ["198.51.100.10", "2001:db8:100::10"]}

@@ -5,7 +5,7 @@ import pytest
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.errors import BackendError
 from ramfw.plan import Element, plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 NEW4, NEW6 = "198.51.100.44", "2001:db8:100::44"
 

@@ -15,7 +15,7 @@ from ramfw.daemon.audit import AuditLog, SourceLimiter, load_events
 from ramfw.backends.iptables.backend import table_part
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.plan import plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 NOW = 1000.0
 

@@ -8,7 +8,8 @@ import pytest
 
 from ramfw.policy.catalog import ROLE_API, ROLE_BLOB, ROLE_BROAD, default_catalog, parse_catalog
 from ramfw.policy.names import Pattern
-from ramfw.policy.model import MULTI_TENANT_APEXES, SHARED_HOSTS, parse_policy
+from ramfw.policy.model import MULTI_TENANT_APEXES, SHARED_HOSTS
+from ramfw.policy.load import parse_policy
 
 CATALOG = default_catalog()
 REGISTRIES = {reg.id: reg for reg in CATALOG.registries}

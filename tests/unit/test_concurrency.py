@@ -21,7 +21,7 @@ from ramfw.dns.cache import DnsCache
 from ramfw.daemon.enforcer import Enforcer, Staged
 from ramfw.errors import BackendError
 from ramfw.common.logs import RepeatedLog
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 
 def parse_policy_text(text, source):

@@ -9,7 +9,7 @@ from ramfw.backends.links import Links, connected_networks
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.backends.owned import OwnedElements
 from ramfw.plan import plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 LINKS = Links(("203.0.113.0/25",), ("2001:db8:113::/64",), (("198.51.100.53", "eth0"), ("2001:db8:100::53", "eth0")))
 SERVERS = ("198.51.100.53", "2001:db8:100::53", "127.0.0.53")

@@ -14,7 +14,8 @@ from ramfw.dns import resolver
 from ramfw.daemon import state
 from ramfw.errors import PolicyError
 from ramfw.plan import plan
-from ramfw.policy.model import MAX_NESTING, MAX_POLICY_BYTES, load_policy, nesting_depth, parse_policy
+from ramfw.policy.model import MAX_NESTING, MAX_POLICY_BYTES
+from ramfw.policy.load import load_policy, nesting_depth, parse_policy
 
 DEEP = 5000
 

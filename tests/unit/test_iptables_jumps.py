@@ -3,7 +3,7 @@ write plan that replaces the unconditional jumps earlier versions wrote (no root
 
 from ramfw.backends.iptables import backend as ipt
 from ramfw.plan import plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 DNS4, DNS6 = "198.51.100.53", "2001:db8:100::53"
 OUT_JUMP = "-m conntrack ! --ctstate RELATED,ESTABLISHED -j RAMFW-OUT"

@@ -3,7 +3,7 @@
 import tomllib
 
 from ramfw.report.learn import summarise
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 
 def ev(host, dst, action="would_refuse", dport=443, names=None):

@@ -1,6 +1,6 @@
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.plan import plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 NOW = 1000.0
 

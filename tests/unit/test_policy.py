@@ -3,7 +3,8 @@ import json
 import pytest
 
 from ramfw.errors import PolicyError
-from ramfw.policy.model import DEFAULT_SOURCE, load_policy, parse_policy
+from ramfw.policy.model import DEFAULT_SOURCE
+from ramfw.policy.load import load_policy, parse_policy
 
 
 def problems(text, fmt="toml"):

@@ -2,7 +2,7 @@
 address was given for or a host of the same catalog registry."""
 
 from ramfw.policy.catalog import default_catalog
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 from ramfw.tls.binding import ALLOW, MISMATCH, NO_SNI, decide, registry_of
 from ramfw.tls.clienthello import Hello
 

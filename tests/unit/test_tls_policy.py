@@ -8,7 +8,7 @@ from ramfw.backends.iptables.backend import IptablesBackend, is_our_jump
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.errors import PolicyError
 from ramfw.plan import SNI_MASK, plan
-from ramfw.policy.model import parse_policy
+from ramfw.policy.load import parse_policy
 
 BASE = 'allow = ["reg.example.test"]\n'
 
