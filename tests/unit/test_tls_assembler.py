@@ -149,3 +149,15 @@ def test_inspector_holds_pieces_and_releases_them_with_one_verdict():
     assert insp.take()[0] == [(6, SNI_REFUSE)]
     assert insp.counters["refused"] == 1 and insp.counters["late"] == 1
     assert SNI_PASS & SNI_MASK and other_bits & SNI_MASK == 0
+
+
+def test_inspector_lets_a_malformed_packet_go_and_counts_it():
+    from ramfw.daemon.sni import SniInspector
+    from ramfw.plan import SNI_LOOKED
+
+    insp = SniInspector(None, 1, lambda *a: None, lambda: "enforce", lambda evs: None)
+    for pid, junk in enumerate((b"", b"\x45\x00", b"\x60" + bytes(10), bytes(range(60)))):
+        insp.on_packet(pid, junk, 0x5, 3)
+    out, events = insp.take()
+    assert out == [(pid, 0x5 | SNI_LOOKED) for pid in range(4)] and events == []
+    assert insp.counters["malformed"] == 4 and insp.counters["connections"] == 0
