@@ -103,15 +103,6 @@ def test_wildcard_names(testbed):
     assert testbed.resolve("other.example.test") == []
 
 
-def test_set_names_rejects_non_documentation_addresses(testbed):
-    with pytest.raises(ValueError):
-        testbed.set_names({"x.example.test": ["192.0.2.1"]})
-    with pytest.raises(ValueError):
-        testbed.set_names({"x.example.test": ["10.0.0.1"]})
-    with pytest.raises(ValueError):
-        testbed.add_address("203.0.113.50")
-
-
 def test_client_resolv_conf(testbed):
     assert Path(f"/etc/netns/{testbed.client}/resolv.conf").read_text() == f"nameserver {DNS4}\n"
     out = testbed.run(testbed.client, "cat", "/etc/resolv.conf").stdout
@@ -171,11 +162,6 @@ def test_connect_timeout_reported(testbed):
     # observed on this kernel: an nft output drop of the SYN shows up as a timeout (not EPERM)
     assert not r.ok and r.error == "timeout", r
     assert 0.25 < r.elapsed < 1.0, r
-
-
-def test_connect_result_is_a_dataclass():
-    r = ConnectResult(False, "timeout", 1.0)
-    assert r.reply == b""
 
 
 # ------------------------------------------------------------------ lifecycle
