@@ -420,22 +420,10 @@ def _start_limited_controller(bed, policy_text: str, extra: list[str], nofile: i
     commands run first in the controller's own mount namespace (`ip netns exec` makes one)."""
     from test_snoop import Ctl
 
-    ctl = Ctl.__new__(Ctl)
-    ctl.bed = bed
-    ctl.policy = bed.tmp / "limited-policy.toml"
-    ctl.policy.write_text(policy_text)
-    ctl.state_dir = state_dir or bed.tmp / "state"
-    ctl.env = {**os.environ, "RAMFW_STATE_DIR": str(ctl.state_dir)}
-    ctl.stderr_path = bed.tmp / "limited.stderr"
-    ctl.ready_at = time.monotonic()
-    ctl._err = open(ctl.stderr_path, "wb")
-    argv = ["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "ramfw.cli",
-            "run", "--netns", bed.client, "--policy", str(ctl.policy), "--backend", bed.backend, *extra]  # fmt: skip
+    wrap = ("prlimit", f"--nofile={nofile}:{nofile}")
     if shell:
-        argv = ["sh", "-c", shell + ' && exec "$@"', "sh", *argv]
-    argv = ["ip", "netns", "exec", bed.client, *argv]
-    ctl.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=ctl._err, stderr=subprocess.STDOUT, env=ctl.env,
-                                start_new_session=True)  # fmt: skip
+        wrap = ("sh", "-c", shell + ' && exec "$@"', "sh", *wrap)
+    ctl = Ctl(bed, policy_text, name="limited", extra=tuple(extra), wrap=wrap, state_dir=state_dir)
     return ctl
 
 

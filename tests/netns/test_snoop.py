@@ -46,6 +46,7 @@ if str(TESTS) not in sys.path:
 
 from dnsserver import DnsServer, Request, answer  # noqa: E402
 from forge import Forger  # noqa: E402
+from harness import ControllerProcess  # noqa: E402
 from testbed import CLIENT4, CLIENT6, Testbed, require_root, root_ns_fingerprint, set_addresses  # noqa: E402
 from testbed import kernel_ruleset as nft_ruleset  # noqa: E402  (every tool's view: either backend)
 
@@ -239,104 +240,33 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class Ctl:
-    """One `ramfw run` process in the client namespace."""
+class Ctl(ControllerProcess):
+    """One `ramfw run` process in the client namespace (tests/harness.py), started at once under
+    `ip netns exec`: even a controller that ignored --netns could only touch the client ns."""
 
-    def __init__(self, bed: Bed, policy_text: str, cleanup: bool = False, name: str = "ctl", extra: tuple = ()):
+    def __init__(self, bed: Bed, policy_text: str, cleanup: bool = False, name: str = "ctl", extra: tuple = (),
+                 wrap: tuple = (), state_dir: Path | None = None):
+        policy = bed.tmp / f"{name}-policy.toml"
+        policy.write_text(policy_text)
+        super().__init__(bed.client, policy, *(("--cleanup",) if cleanup else ()), *extra, backend=bed.backend,
+                         state_dir=state_dir or bed.tmp / "state", log_path=bed.tmp / f"{name}.stderr", netns_exec=True, wrap=wrap)
         self.bed = bed
-        self.policy = bed.tmp / f"{name}-policy.toml"
-        self.policy.write_text(policy_text)
-        self.state_dir = bed.tmp / "state"
-        self.env = {**os.environ, "RAMFW_STATE_DIR": str(self.state_dir)}
-        self.stderr_path = bed.tmp / f"{name}.stderr"
+        self.policy = policy
+        self.stderr_path = self.log_path
+        self.start()
         self.ready_at = time.monotonic()
-        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", bed.client, "--policy", str(self.policy),
-                "--backend", bed.backend]
-        if cleanup:
-            argv.append("--cleanup")
-        argv += list(extra)
-        self._err = open(self.stderr_path, "wb")
-        # `ip netns exec`: even a controller that ignored --netns could only touch the client ns
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", bed.client, *argv],
-            stdin=subprocess.DEVNULL, stdout=self._err, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True,
-        )  # fmt: skip
 
     def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        p = subprocess.run([sys.executable, "-m", "ramfw.cli", *args], env=self.env, capture_output=True,
-                           text=True, timeout=timeout)  # fmt: skip
+        p = super().cli(*args, timeout=timeout)
         if check and p.returncode != 0:
             pytest.fail(f"ramfw {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.stderr_tail()}")
         return p
 
-    def status(self) -> dict:
-        return json.loads(self.cli("status", "--netns", self.bed.client, "--json").stdout)
-
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+        return self.output()
 
     def stderr_tail(self, n: int = 3000) -> str:
-        return "--- controller stderr (tail) ---\n" + self.stderr()[-n:]
-
-    def wait_ready(self, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"ramfw run exited with {self.proc.returncode} before it was ready\n{self.stderr_tail()}")
-            st = self.status()
-            if st["controller"]["running"] and st["enforcing"]:
-                self.ready_at = time.monotonic()
-                return st
-            if time.monotonic() > deadline:
-                pytest.fail(f"ramfw run not ready after {timeout}s: {st}\n{self.stderr_tail()}")
-            time.sleep(0.1)
-
-    def assert_alive(self, when: str) -> None:
-        rc = self.proc.poll()
-        if rc is not None:
-            how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
-            pytest.fail(f"the controller died {when} ({how})\n{self.stderr_tail()}")
-
-    def counters(self) -> dict:
-        st = self.status()
-        assert st["controller"]["running"], f"controller not running: {st}\n{self.stderr_tail()}"
-        return st["controller_counters"]
-
-    def wait_counter(self, name: str, at_least: int, timeout: float = 6.0) -> int:
-        """Counters reach status with the controller's heartbeat (every 2 s): poll."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.counters().get(name, 0)
-            if value >= at_least or time.monotonic() > deadline:
-                return value
-            time.sleep(0.25)
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def finish(self) -> None:
-        """Always: stop the process by pid (TERM, then KILL), then `ramfw down`."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        finally:
-            self._err.close()
-            if netns.exists(self.bed.client):
-                subprocess.run([sys.executable, "-m", "ramfw.cli", "down", "--netns", self.bed.client],
-                               env=self.env, capture_output=True, timeout=30)  # fmt: skip
+        return self.log_tail(n)
 
 
 # ---------------------------------------------------------------------------------------------
