@@ -1,5 +1,6 @@
 """Shared test setup. Tests under tests/netns and tests/e2e need root: they fail (never skip)
-without it, so a green run always means the kernel paths were exercised."""
+without it, so a green run always means the kernel paths were exercised. A failed test that
+started controllers through tests/harness.py gets their logs in its report."""
 
 import os
 import sys

@@ -172,6 +172,16 @@ class ControllerProcess:
 
         return wait_for(fresh, timeout, "a controller heartbeat", interval=0.1, detail=self.log_tail)
 
+    def wait_applied(self, after: float, timeout: float = 10.0) -> dict:
+        """Until a ruleset transaction that began after `after` (time.time()) has finished,
+        including the connection cuts that follow it (state.json is written last)."""
+        def applied():
+            st = self.status()
+            return st if (st.get("applied_at") or 0) > after else None
+
+        return wait_for(applied, timeout, "an apply (start, reload or repair) to finish", interval=0.1,
+                        detail=self.log_tail)
+
     def output(self) -> str:
         if self._log is not None:
             self._log.flush()

@@ -45,3 +45,15 @@ def poll(predicate: Callable[[], T], timeout: float, interval: float = 0.05) -> 
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def time_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1) -> float | None:
+    """Seconds until `predicate` held (checked every `interval`), or None if it did not within
+    `timeout`: for tests that report how long a repair or a reload took."""
+    t0 = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(interval)

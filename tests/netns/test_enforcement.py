@@ -52,7 +52,8 @@ def stable(ruleset: str) -> str:
 def assert_refused_fast(tb, ip):
     r = tb.connect(ip, 443)
     assert not r.ok and r.error == "ECONNREFUSED", (ip, r)
-    assert r.elapsed < 0.1, f"{ip}: refused after {r.elapsed:.3f}s, not fast"
+    # at once: a reset, not the 2 s connect timeout a silent drop would cost (a bound, not a figure)
+    assert r.elapsed < 1.0, f"{ip}: refused after {r.elapsed:.3f}s, not at once"
 
 
 def test_allowlist_with_real_packets(net, tmp_path):
