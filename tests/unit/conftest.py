@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from fakes import Clock, ConntrackRecorder, FakeBackend, TableResolver
+from fakes import Clock, ConntrackRecorder, FakeBackend, TableResolver, parse_policy
 from ramfw.daemon import enforcer as enforcer_mod
 from ramfw.daemon import state as state_file
 from ramfw.daemon.enforcer import Enforcer, Staged
-from ramfw.policy.model import parse_policy
 
 
 @pytest.fixture

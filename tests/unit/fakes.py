@@ -14,6 +14,11 @@ import threading
 from dataclasses import dataclass
 
 from ramfw.backends.base import Backend, KernelState, Probe
+
+try:  # where the policy/ split puts it; before that split, policy.model had it
+    from ramfw.policy.load import parse_policy
+except ImportError:  # pragma: no cover - depends on the checkout
+    from ramfw.policy.model import parse_policy
 from ramfw.dns.resolver import Resolution
 from ramfw.errors import BackendError
 

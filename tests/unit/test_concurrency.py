@@ -15,18 +15,19 @@ from dataclasses import dataclass
 
 import pytest
 
-from fakes import Clock, FakeBackend
 from ramfw.common.counters import Counters
-from ramfw.common.logs import RepeatedLog
-from ramfw.daemon.enforcer import Enforcer, Staged
-from ramfw.daemon.refresh import RefreshSchedule
-from ramfw.daemon.threads import Worker
 from ramfw.dns.cache import DnsCache
+from ramfw.daemon.enforcer import Enforcer, Staged
+from ramfw.errors import BackendError
+from ramfw.common.logs import RepeatedLog
 from ramfw.policy.model import parse_policy
 
 
 def parse_policy_text(text, source):
     return parse_policy(text, source)
+from ramfw.daemon.refresh import RefreshSchedule
+from ramfw.daemon.threads import Worker
+from fakes import Clock, FakeBackend
 
 POLICY = """
 allow = ["**.reg.test", "docker.io"]

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from fakes import Clock
+from fakes import Clock, FakeBackend, parse_policy
 from ramfw.daemon import enforcer as enforcer_mod
 from ramfw.daemon.enforcer import Enforcer, Staged
 from ramfw.dns.resolver import Resolution
 from ramfw.plan import MIN_ELEMENT_TIMEOUT
-from ramfw.policy.model import parse_policy
 
-from fakes import FakeBackend
 
 SERVERS = '[dns]\nservers = ["198.51.100.53"]\n'
 POLICY = """
