@@ -46,7 +46,9 @@ class ControllerProcess:
     def __init__(self, netns_name: str, policy_path, *extra: str, backend: str | None = None,
                  state_dir=None, log_path=None, netns_exec: bool = False, wrap: tuple = (), env: dict | None = None):
         self.netns = netns_name
-        self.policy_path = Path(policy_path) if policy_path is not None else None
+        # a file (a Path, for tests that edit it) or an https URL (kept as text: Path would eat a slash)
+        self.policy_spec = str(policy_path) if policy_path is not None else None
+        self.policy_path = Path(policy_path) if policy_path is not None and "://" not in str(policy_path) else None
         self.extra = tuple(extra)
         self.backend = backend
         self.state_dir = Path(state_dir) if state_dir is not None else None
@@ -65,8 +67,8 @@ class ControllerProcess:
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", self.netns]
-        if self.policy_path is not None:
-            argv += ["--policy", str(self.policy_path)]
+        if self.policy_spec is not None:
+            argv += ["--policy", self.policy_spec]
         if self.backend:
             argv += ["--backend", self.backend]
         argv = [*self.wrap, *argv, *self.extra]
