@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wait import wait_for
+from wait import poll, wait_for
 
 # controllers started by the current test (tests/conftest.py adds their logs to a failure's report)
 started_in_this_test: list["ControllerProcess"] = []
@@ -94,7 +94,8 @@ class ControllerProcess:
             return st if st and st["enforcing"] and st["controller"]["running"] else None
 
         try:
-            st = wait_for(ready, timeout, f"ramfw run in {self.netns} to be enforcing", detail=self.log_tail)
+            # each look is a `ramfw status` process (~0.2 s of CPU): poll gently
+            st = wait_for(ready, timeout, f"ramfw run in {self.netns} to be enforcing", interval=0.1, detail=self.log_tail)
         except AssertionError as exc:
             if self.error is AssertionError or isinstance(exc, self.error):
                 raise
@@ -153,12 +154,14 @@ class ControllerProcess:
         """Until the controller counter `name` reaches `at_least` (counters reach status with the
         heartbeat, every 2 s); returns the last value seen, reached or not, for the caller's
         own assertion."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.counters().get(name, 0)
-            if value >= at_least or time.monotonic() > deadline:
-                return value
-            time.sleep(0.1)
+        last = [0]
+
+        def reached() -> bool:
+            last[0] = self.counters().get(name, 0)
+            return last[0] >= at_least
+
+        poll(reached, timeout, interval=0.25)
+        return last[0]
 
     def wait_heartbeat(self, after: float | None = None, timeout: float = 6.0) -> dict:
         """Until a heartbeat written after `after` (time.time(); default: now) is in status, so
@@ -172,7 +175,7 @@ class ControllerProcess:
                 return st
             return None
 
-        return wait_for(fresh, timeout, "a controller heartbeat", interval=0.1, detail=self.log_tail)
+        return wait_for(fresh, timeout, "a controller heartbeat", interval=0.25, detail=self.log_tail)
 
     def wait_applied(self, after: float, timeout: float = 10.0) -> dict:
         """Until a ruleset transaction that began after `after` (time.time()) has finished,
@@ -181,7 +184,7 @@ class ControllerProcess:
             st = self.status()
             return st if (st.get("applied_at") or 0) > after else None
 
-        return wait_for(applied, timeout, "an apply (start, reload or repair) to finish", interval=0.1,
+        return wait_for(applied, timeout, "an apply (start, reload or repair) to finish", interval=0.25,
                         detail=self.log_tail)
 
     def output(self) -> str:
