@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 class IptablesBackend(Backend):
     name = "iptables"
+    described = "iptables chains RAMFW-* and ipsets ramfw-*"
 
     def __init__(self, netns_name: str | None = None, features: dict[str, bool] | None = None, flavour: str | None = None, use_python_iptables: bool | None = None):
         super().__init__(netns_name)
@@ -120,6 +121,9 @@ class IptablesBackend(Backend):
     def where(self, flavour: str | None = None) -> str:
         flavour = flavour or self.flavour or "nft"
         return f"{TOOL[(flavour, 4)]} -S RAMFW-OUT; {TOOL[(flavour, 6)]} -S RAMFW-OUT; ipset list -t (sets ramfw-*)"
+
+    def queue_mechanism(self) -> str:
+        return "xtables NFQUEUE" if self.features.get("queue") else ""
 
     # ---- probing ----------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from ramfw.errors import BackendError
 from ramfw.plan import DesiredState, Rule
-from ramfw.backends.links import Links, is_loopback
+from ramfw.backends.links import DHCP4_BROADCAST, DHCP6_SERVERS, LINK_LOCAL6, Links, is_loopback
 from ramfw.backends.meta import meta_text
 from ramfw.backends.iptables.ipset import _set_sizes
 
@@ -52,9 +52,6 @@ REJECT_OTHER = {4: "icmp-admin-prohibited", 6: "icmp6-adm-prohibited"}
 # the broadcast/well-known server addresses or a connected network.
 ND_TYPES = (133, 134, 135, 136)
 MLD_TYPES = (130, 131, 132, 143)
-LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
-DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")
-DHCP4_BROADCAST = ("255.255.255.255",)
 ESTABLISHED = "-m conntrack ! --ctstate RELATED,ESTABLISHED"  # as iptables-save prints it
 COUNTER_CHAINS = {"refuse_output": REFUSE_CHAIN["output"], "refuse_forward": REFUSE_CHAIN["forward"], "dns_answers": DNS_IN}
 

@@ -21,6 +21,8 @@ from ramfw.errors import BackendError
 from ramfw.plan import DesiredState, Element
 from ramfw.backends.base import Backend, KernelState, Probe
 from ramfw.backends.nft.libnft import NftContext
+from ramfw.backends.nft import queue_fallback
+from ramfw.backends.nft.queue_fallback import QueueFallback
 from ramfw.backends.nft.render import FAMILY, META_CHAIN, TABLE, ChainText, NftRender, counter_names
 from ramfw.backends.links import Links, read_links
 from ramfw.backends.meta import parse_meta
@@ -71,6 +73,7 @@ class NftBackend(Backend):
         # started or restarted) makes check() report it, and the repair resolves it anew.
         self._cgroup_id: int | None = None
         self._cgroup_missing = False
+        self.queue_fallback = QueueFallback(netns_name)
 
     @property
     def ctx(self) -> NftContext:
@@ -143,6 +146,9 @@ class NftBackend(Backend):
             log.warning("scope.cgroup %s does not exist yet: every process is filtered until it does (checked every "
                         "check interval)", _cgroup_path(desired))
         self._cgroup_missing = missing
+        if self._needs_queue_fallback(desired):
+            # first, so that a refusal leaves the table as it was (a check repairs the chain)
+            self.queue_fallback.install(desired.dns.servers4, desired.dns.servers6, desired.dns.queue_num)
         with self._reader() as r:
             exists = r.table_comment() is not None
             have_chains = r.chains() if exists else {}
@@ -178,7 +184,28 @@ class NftBackend(Backend):
         self._owned.reset({name: [e.ip for e in elems] for name, elems in desired.sets.items()})
         with self._reader() as r:
             self._applied = r.chain_digests()
+        if not self._needs_queue_fallback(desired):
+            try:
+                if self.queue_fallback.remove_if_present():
+                    log.info("removed the xtables DNS queue chain %s: snoop mode is %s now", queue_fallback.CHAIN, desired.dns.mode)
+            except BackendError as exc:
+                log.warning("could not remove the xtables DNS queue chain %s: %s", queue_fallback.CHAIN, exc)
         log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
+
+    # ---- the DNS queue: nft `queue`, or the xtables fallback (queue_fallback.py) --------------
+
+    def queue_mechanism(self) -> str:
+        if self.features.get("queue"):
+            return "nft queue"
+        if queue_fallback.available():
+            return "xtables NFQUEUE (this kernel's nftables lacks queue)"
+        return ""
+
+    def _needs_queue_fallback(self, desired: DesiredState) -> bool:
+        return desired.dns.mode == "queue" and not self.features.get("queue", False)
+
+    def created_tables(self) -> list[str]:
+        return list(self.queue_fallback.created)
 
     def _writer(self) -> NftElementWriter:
         # one socket for the backend's life: the snooper adds elements many times a second
@@ -197,10 +224,18 @@ class NftBackend(Backend):
             self._owned.remove(name, ips)
 
     def destroy(self) -> bool:
-        if not self._table_exists():
-            return False
-        self.ctx.run(f"delete table {FAMILY} {TABLE}\n")
-        return True
+        return bool(self.teardown())
+
+    def teardown(self, created_tables: list[str] = ()) -> list[str]:
+        removed = []
+        if self._table_exists():
+            self.ctx.run(f"delete table {FAMILY} {TABLE}\n")
+            removed.append(f"table {FAMILY} {TABLE}")
+        self.queue_fallback.created = sorted(set(self.queue_fallback.created) | set(created_tables))
+        self.queue_fallback.installed = None  # whatever this process did: look
+        if self.queue_fallback.remove_if_present():
+            removed.append(f"chain {queue_fallback.CHAIN} (iptables-nft {queue_fallback.TABLE})")
+        return removed
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -271,5 +306,7 @@ class NftBackend(Backend):
             elif foreign.get(set_name):
                 ips = foreign[set_name]
                 problems.append(f"set {set_name} holds {len(ips)} element(s) ramfw did not add: {', '.join(ips[:5])}")
+        if self._needs_queue_fallback(desired):
+            problems += self.queue_fallback.problems(desired.dns.servers4, desired.dns.servers6, desired.dns.queue_num)
         return problems
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ramfw.plan import DesiredState, Rule
-from ramfw.backends.links import Links, is_loopback
+from ramfw.backends.links import DHCP4_BROADCAST, DHCP6_SERVERS, LINK_LOCAL6, Links, is_loopback
 from ramfw.backends.meta import meta_text
 
 TABLE = "ramfw"
@@ -26,9 +26,6 @@ ADDR = {4: "ip", 6: "ip6"}
 # Neither may reach an address behind a gateway: that would be a tunnel to the internet.
 ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
 MLD_TYPES = "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
-LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
-DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")  # All_DHCP_Relay_Agents_and_Servers; link-local unicast
-DHCP4_BROADCAST = ("255.255.255.255",)
 
 
 @dataclass
