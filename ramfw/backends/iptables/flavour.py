@@ -32,9 +32,12 @@ TOOL = {("legacy", 4): "iptables-legacy", ("legacy", 6): "ip6tables-legacy", ("n
 NFT_FAMILY = {4: "ip", 6: "ip6"}
 
 
+XTABLES_TIMEOUT = 60.0  # seconds for one iptables(-save/-restore) run: a busy host's big tables
+
+
 def run_in(netns_name, argv, input_text=None, check=False):
     """A command run inside the namespace (common.proc: timeout, one-line errors)."""
-    return proc.run(argv, input_text, check=check, inside=netns.entered(netns_name))
+    return proc.run(argv, input_text, timeout=XTABLES_TIMEOUT, check=check, inside=netns.entered(netns_name))
 
 
 def _legacy_tables(netns_name, family: int) -> list[str] | None:
