@@ -12,7 +12,6 @@ stays refused.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
