@@ -52,6 +52,27 @@ def udp_packet(src: str, sport: int, dst: str, dport: int, payload: bytes, ttl: 
     return head + udp
 
 
+def tcp_packet(src: str, sport: int, dst: str, dport: int, seq: int, payload: bytes, flags: int = 0x18,
+               ttl: int = 64) -> bytes:
+    """A complete IPv4 or IPv6 packet carrying one TCP segment (default flags PSH|ACK), as
+    NFQUEUE/NFLOG hand it over: for feeding the snooper in unit tests, not for sending."""
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    if s.version != d.version:
+        raise ValueError("source and destination must be the same family")
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, 0, 5 << 4, flags, 65535, 0, 0) + payload
+    if s.version == 4:
+        pseudo = s.packed + d.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcp))
+    else:
+        pseudo = s.packed + d.packed + struct.pack("!I3xB", len(tcp), socket.IPPROTO_TCP)
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    if s.version == 4:
+        head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), next(_ident) & 0xFFFF, 0x4000, ttl,
+                           socket.IPPROTO_TCP, 0, s.packed, d.packed)  # fmt: skip
+        head = head[:10] + struct.pack("!H", checksum(head)) + head[12:]
+        return head + tcp
+    return struct.pack("!IHBB16s16s", 6 << 28, len(tcp), socket.IPPROTO_TCP, ttl, s.packed, d.packed) + tcp
+
+
 class Forger:
     def __init__(self, ns: str | None):
         self.ns = ns

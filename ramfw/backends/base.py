@@ -68,9 +68,27 @@ class Backend(abc.ABC):
         """Elements per set (metrics). Backends with a cheaper count than a full read override it."""
         return {name: len(elems) for name, elems in self.read_state().sets.items()}
 
+    def queue_mechanism(self) -> str:
+        """How this backend holds DNS answers in a queue until their addresses are programmed,
+        in words for the snoop-mode reason ("" when it cannot: snooping falls back to log)."""
+        return ""
+
+    def created_tables(self) -> list[str]:
+        """Kernel tables this backend brought into being outside its own (e.g. "ip mangle" for
+        the nft backend's queue fallback). The controller records them so that `ramfw down`,
+        in another process, can remove them once they are empty."""
+        return []
+
     def close(self) -> None:
         """Release sockets and contexts (kernel state stays)."""
 
     @abc.abstractmethod
     def destroy(self) -> bool:
         """Remove everything this backend installed in the namespace; True if anything was."""
+
+    def teardown(self, created_tables: list[str] = ()) -> list[str]:
+        """`ramfw down`: destroy(), saying what was removed, in words. `created_tables`: what
+        created_tables() returned in the process that installed the rules."""
+        return [self.described] if self.destroy() else []
+
+    described = "ramfw's rules"  # what teardown() names

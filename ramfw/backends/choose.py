@@ -82,14 +82,14 @@ def retire_others(netns_name: str | None, keep: Backend) -> list[str]:
     return removed
 
 
-def destroy_all(netns_name: str | None) -> list[str]:
-    """`down`: every backend's rules; returns what was removed, in words."""
+def destroy_all(netns_name: str | None, created_tables: list[str] = ()) -> list[str]:
+    """`down`: every backend's rules; returns what was removed, in words. `created_tables`: the
+    tables the controller recorded (Backend.created_tables) for removal once empty."""
     removed = []
-    for name, cls in CLASSES.items():
+    for cls in CLASSES.values():
         backend = cls(netns_name)
         try:
-            if backend.destroy():
-                removed.append("table inet ramfw" if name == "nft" else "iptables chains RAMFW-* and ipsets ramfw-*")
+            removed += backend.teardown(created_tables)
         finally:
             backend.close()
     return removed

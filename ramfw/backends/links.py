@@ -18,12 +18,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import subprocess
 from dataclasses import dataclass
 
+from ramfw.common import proc
+from ramfw.common.proc import CommandError
 from ramfw.kernel import netns
 
 log = logging.getLogger(__name__)
+
+
+# Where link protocols may go whatever the routes say (both backends' exception rules): IPv6
+# link-local unicast and link-scope multicast; DHCPv6's All_DHCP_Relay_Agents_and_Servers and
+# link-local servers; the IPv4 limited broadcast.
+LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
+DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")
+DHCP4_BROADCAST = ("255.255.255.255",)
 
 
 @dataclass(frozen=True)
@@ -65,14 +74,14 @@ def connected_networks(routes: list[dict], family: int) -> tuple[str, ...]:
 
 def _ip_json(argv: list[str]) -> list[dict]:
     try:
-        proc = subprocess.run(["ip", "-j", *argv], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        result = proc.run(["ip", "-j", *argv], timeout=10)
+    except CommandError as exc:
         log.warning("cannot read routes (%s): exception rules admit link-local destinations only", exc)
         return []
-    if proc.returncode != 0 or not proc.stdout.strip():
+    if result.returncode != 0 or not result.stdout.strip():
         return []
     try:
-        data = json.loads(proc.stdout)
+        data = json.loads(result.stdout)
     except ValueError:
         return []
     return data if isinstance(data, list) else []

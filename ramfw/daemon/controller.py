@@ -12,51 +12,20 @@ import os
 import threading
 import time
 
-from ramfw.backends.base import Backend
 from ramfw.backends.choose import select_backend
 from ramfw.common.counters import Counters
 from ramfw.daemon.enforcer import Enforcer
 from ramfw.errors import BackendError
 from ramfw.common.logs import RepeatedLog, fields
 from ramfw.daemon.refresh import RefreshSchedule
+from ramfw.daemon.snoop_mode import choose_snoop_mode
 from ramfw.daemon.threads import StallGuard, Worker
+from ramfw.daemon.sni import SniService
 
 log = logging.getLogger(__name__)
 
 
 # ---- the long-running controller (`ramfw run`) -----------------------------------------------
-
-
-def choose_snoop_mode(wanted: str, backend: Backend) -> tuple[str, str]:
-    """The snooping mechanism for this kernel, and why (probed, per shared/DESIGN.md)."""
-    from ramfw.backends.nft import queue_fallback as xtqueue
-
-    if wanted == "off":
-        return "off", "policy says snoop = off: active resolution only"
-    if getattr(backend, "features", {}).get("queue"):
-        native = "nft queue"
-    elif xtqueue.available():
-        native = "xtables NFQUEUE (this kernel's nftables lacks queue)"
-    else:
-        native = ""
-    if wanted in ("auto", "queue") and native:
-        return "queue", f"queue via {native}"
-    if wanted == "queue":
-        raise BackendError("dns.snoop = queue, but neither nft queue nor iptables-nft NFQUEUE is available; use snoop = log")
-    return "log", "log (NFLOG)" + ("" if wanted == "log" else ": no queue mechanism available")
-
-
-def _limit_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own malloc arena; freed memory scattered over
-    them is not given back, and under a DNS flood that doubled the controller's RSS. Two arenas
-    (mallopt M_ARENA_MAX) are plenty for threads that mostly wait."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(-8, 2)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
 
 
 class Controller:
@@ -76,9 +45,10 @@ class Controller:
               per-host counts likewise, copied whole by the metrics thread.
     kernel    Enforcer.kernel_lock serialises ramfw's kernel writes (element batches, ruleset
               transactions) and is held across nothing else: no lock is held across resolution,
-              conntrack dumps, state files, HTTP or subprocesses. Every receive on ramfw's own
-              netlink sockets has a timeout; pyroute2's conntrack dump has none, and a main loop
-              stuck in it is ended by the stall guard below.
+              conntrack dumps, state files, HTTP, or commands other than those of a ruleset
+              transaction (iptables-restore; the nft backend's queue fallback, installed with
+              its table, every command with a timeout). Every netlink receive (nf_tables,
+              ipset, NFQUEUE, NFLOG, conntrack) has a timeout.
     failure   every thread runs under a Worker (threads.py): an exception is logged with its
               traceback and counted; a thread that died or stopped making progress ends the
               process with exit status 1 (systemd restarts it; the rules stay in force), and the
@@ -120,10 +90,7 @@ class Controller:
         self.audit = None
         self.audit_worker: Worker | None = None
         self.audit_stop = threading.Event()
-        self.xt_created: list[str] = []
-        self.sni = None  # SNI binding's inspector (daemon/sni.py), while the policy turns it on
-        self.sni_worker: Worker | None = None
-        self.sni_stop = threading.Event()
+        self.sni = SniService(netns_name)  # SNI binding's thread, while the policy turns it on
         self.schedule = RefreshSchedule()
         self.counters = Counters("reloads", "reloads_refused", "repairs", "apply_failures", "ips_expired",
                                  "loop_errors", "state_write_failures", "tampered")
@@ -139,14 +106,10 @@ class Controller:
     # ---- start ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        import sys
-
+        from ramfw.daemon.process import tune_for_snooping
         from ramfw.daemon.source import open_source
 
-        # The snooper holds DNS answers while it works: when another thread runs Python (a
-        # state write, a reload), let the snooper back on the GIL within 0.5 ms, not 5 ms.
-        sys.setswitchinterval(0.0005)
-        _limit_malloc_arenas()
+        tune_for_snooping()
 
         self.source = open_source(self.policy_path, self.netns_name, self.policy_ca, self.policy_refresh)
         policy = self._load_policy()  # PolicyError: nothing touched yet
@@ -164,7 +127,7 @@ class Controller:
         self.schedule.record(staged.results, policy.dns.min_ttl, announce=False)
         self._start_snooper()
         self._start_audit()
-        self._start_sni()
+        self.sni.sync(self.enforcer, self._record_events)
         if self.metrics_spec:
             from ramfw.daemon.metrics import MetricsServer
 
@@ -180,17 +143,6 @@ class Controller:
         policy = self.source.load().with_infrastructure(self.source.hosts(), "policy source")
         return policy.audited() if self.audit_mode else policy
 
-    def _xtqueue_needed(self) -> bool:
-        enf = self.enforcer
-        return enf.snoop_mode == "queue" and not enf.backend.features.get("queue")
-
-    def _install_xtqueue(self) -> None:
-        from ramfw.backends.nft import queue_fallback as xtqueue
-        from ramfw.plan import DNS_QUEUE_NUM
-
-        d = self.enforcer.desired
-        self.xt_created = xtqueue.install(self.netns_name, d.dns.servers4, d.dns.servers6, DNS_QUEUE_NUM) or self.xt_created
-
     def _start_snooper(self) -> None:
         from ramfw.plan import DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM
         from ramfw.dns.snooper import Snooper
@@ -198,8 +150,6 @@ class Controller:
         enf = self.enforcer
         if enf.snoop_mode == "off":
             return
-        if self._xtqueue_needed():
-            self._install_xtqueue()
         self.snooper = Snooper(
             self.netns_name, enf.trusted_servers(), functools.partial(enf.credit_answer, defer=True), enf.snoop_mode,
             DNS_QUEUE_NUM, DNS_LOG_GROUP, DNS_QUERY_GROUP, fallback=self._resolve_soon, flush=enf.flush,
@@ -228,33 +178,10 @@ class Controller:
         self.audit.beat = self.audit_worker.beat
         self.audit_worker.start()
 
-    def _start_sni(self) -> None:
-        """SNI binding's thread, when the enforced plan has the rules that feed it."""
-        from ramfw.daemon.sni import SniInspector
-        from ramfw.daemon.sni_decide import decider
-
-        enf = self.enforcer
-        if enf.desired.sni is None or self.sni_worker is not None:
-            return
-        self.sni = SniInspector(
-            self.netns_name, enf.desired.sni.queue_num, decider(enf),
-            lambda: enf.desired.sni.mode if enf.desired.sni is not None else "audit",
-            self.audit.record, lambda: enf.policy.digest,
-        )
-        self.sni.open()
-        self.sni_stop = threading.Event()
-        self.sni_worker = Worker("sni", self.sni.run, self.sni_stop)
-        self.sni.beat = self.sni_worker.beat
-        self.sni_worker.start()
-
-    def _stop_sni(self) -> None:
-        if self.sni_worker is not None:
-            self.sni_stop.set()
-            self.sni_worker.stop()
-            self.sni_worker = None
-        if self.sni is not None:
-            self.sni.close()
-            self.sni = None
+    def _record_events(self, events: list[dict]) -> None:
+        """Events from other threads (the sni thread's mismatches), into the audit log."""
+        if self.audit is not None:
+            self.audit.record(events)
 
     def _stop_audit(self) -> None:
         if self.audit_worker is not None:
@@ -273,7 +200,7 @@ class Controller:
             self.snooper = None
 
     def workers(self) -> list[Worker]:
-        out = [w for w in (self.snoop_worker, self.audit_worker, self.sni_worker) if w is not None]
+        out = [w for w in (self.snoop_worker, self.audit_worker, self.sni.worker) if w is not None]
         if self.metrics is not None and getattr(self.metrics, "worker", None) is not None:
             out.append(self.metrics.worker)
         return out
@@ -332,17 +259,11 @@ class Controller:
         self.schedule.record(staged.results, policy.dns.min_ttl, announce=False)
         if new_mode != old_mode:
             self.snoop_reason = reason
-            self._stop_snooper()
-            self._remove_xtqueue_if_unused()
+            self._stop_snooper()  # the apply already moved the backend's queue (or its fallback)
             self._start_snooper()
         elif self.snooper is not None:
             self.snooper.set_trusted(enf.trusted_servers())
-            if self._xtqueue_needed():
-                self._install_xtqueue()
-        if enf.desired.sni is None:
-            self._stop_sni()
-        else:
-            self._start_sni()
+        self.sni.sync(enf, self._record_events)
         self.counters.inc("reloads")
         self.policy_loaded_at = time.time()
         log.info("reloaded (%s): now enforcing %s policy %s", why, policy.mode_label, policy.digest,
@@ -350,22 +271,11 @@ class Controller:
                               apply_seconds=round(enf.last_apply_seconds, 4)))
         return True
 
-    def _remove_xtqueue_if_unused(self) -> None:
-        from ramfw.backends.nft import queue_fallback as xtqueue
-
-        if not self._xtqueue_needed():
-            xtqueue.remove(self.netns_name, self.xt_created)
-            self.xt_created = []
-
     def repair_if_needed(self) -> None:
-        from ramfw.backends.nft import queue_fallback as xtqueue
-
+        """The backend compares the kernel with what it applied (its rules, sets, and whatever
+        else it installed, such as the nft backend's queue fallback); any difference: re-apply."""
         enf = self.enforcer
         problems = enf.backend.check(enf.desired)
-        if self._xtqueue_needed():
-            from ramfw.plan import DNS_QUEUE_NUM
-
-            problems += xtqueue.problems(self.netns_name, enf.desired.dns.servers4, enf.desired.dns.servers6, DNS_QUEUE_NUM)
         if not problems:
             return
         log.warning("ruleset altered outside ramfw (%s); restoring it", "; ".join(problems), extra=fields(event="repair"))
@@ -373,8 +283,6 @@ class Controller:
         self.counters.inc("repairs")
         try:
             enf.apply()
-            if self._xtqueue_needed():
-                self._install_xtqueue()
         except BackendError as exc:
             self.counters.inc("apply_failures")
             log.error("repair failed: %s", exc)
@@ -382,44 +290,11 @@ class Controller:
     # ---- the loop ---------------------------------------------------------------------------
 
     def heartbeat(self) -> None:
+        """controller.json: liveness, what is enforced, every counter (status and metrics read it)."""
         from ramfw.daemon import state as state_file
+        from ramfw.daemon.heartbeat import controller_record
 
-        snoop = dict(self.snooper.counters) if self.snooper is not None else {}
-        cache = self.enforcer.cache.stats()
-        state_file.write_state(
-            self.netns_name,
-            {
-                "pid": os.getpid(),
-                "heartbeat": time.time(),
-                "started_at": self.started_at,
-                "policy_digest": self.enforcer.policy.digest,
-                "snoop": self.enforcer.snoop_mode,
-                "snoop_reason": self.snoop_reason,
-                "xtables_created_tables": self.xt_created,
-                "check_interval": self.check_interval,
-                "counters": {
-                    **self.enforcer.counters.snapshot(),
-                    **self.counters.snapshot(),
-                    **self._event_counters(),
-                    "cache_names": cache["names"],
-                    "cache_addresses": cache["addresses"],
-                    "cache_evicted": cache["evicted"],
-                    "refresh_failing": self.schedule.failing(),
-                    **{f"snoop_{k}": v for k, v in snoop.items()},
-                    **({f"sni_{k}": v for k, v in self.sni.counters.items()} if self.sni is not None else {}),
-                },
-            },
-            name="controller.json",
-        )
-
-    def _event_counters(self) -> dict:
-        audit = getattr(self, "audit", None)
-        if audit is None:
-            return {"blocked_attempts": 0}
-        out = {"blocked_attempts": audit.counts["refused"], "events_dropped": audit.dropped}
-        if self.enforcer.policy.audit or audit.counts["would_refuse"]:
-            out["would_refuse_attempts"] = audit.counts["would_refuse"]
-        return out
+        state_file.write_state(self.netns_name, controller_record(self), name="controller.json")
 
     def _write_files(self, now: float, last: dict) -> None:
         """controller.json every 2 s, state.json at most every 2 s and only after a change. A
@@ -526,7 +401,7 @@ class Controller:
         from ramfw.daemon.teardown import teardown
 
         self._stop_snooper()
-        self._stop_sni()
+        self.sni.stop()
         self._stop_audit()
         if self.metrics is not None:
             self.metrics.stop()
@@ -535,7 +410,7 @@ class Controller:
             log.info("stopped; ruleset removed (--cleanup)")
         else:
             try:
-                state_file.write_state(self.netns_name, {"pid": None, "stopped_at": time.time(), "xtables_created_tables": self.xt_created}, name="controller.json")
+                state_file.write_state(self.netns_name, {"pid": None, "stopped_at": time.time(), "xtables_created_tables": self.enforcer.backend.created_tables()}, name="controller.json")
             except OSError as exc:
                 log.error("cannot record the stop in the state files: %s", exc.strerror or exc)
             log.info("stopped; the ruleset stays in force (fail closed); 'ramfw down' removes it")

@@ -101,7 +101,7 @@ class ControllerCollector:
                 (would if action == "would_refuse" else blocked).add_metric([host], count)
         yield blocked
         yield would
-        sni = dict(ctl.sni.counters) if getattr(ctl, "sni", None) is not None else {}
+        sni = ctl.sni.counters if getattr(ctl, "sni", None) is not None else {}
         judged = CounterMetricFamily("ramfw_sni_connections", "TLS connections judged by SNI binding, by outcome", labels=["outcome"])
         for key in ("passed", "mismatched", "no_sni", "refused", "audited"):
             judged.add_metric([key], sni.get(key, 0))

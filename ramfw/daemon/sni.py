@@ -234,3 +234,48 @@ class SniInspector:
                 self.record(events)
             except OSError as exc:  # the verdicts are given; only the record is lost
                 self._complaints.error("record", "cannot record SNI mismatches: %s", exc.strerror or exc)
+
+
+class SniService:
+    """The sni thread's life inside a controller: started when the enforced plan has SNI
+    binding's rules (which feed its queue), stopped when a reload turns binding off or the
+    controller stops. The controller calls sync() after every apply it commits."""
+
+    def __init__(self, netns_name: str | None):
+        self.netns_name = netns_name
+        self.inspector: SniInspector | None = None
+        self.worker = None
+        self._stop = threading.Event()
+
+    @property
+    def counters(self) -> dict:
+        return dict(self.inspector.counters) if self.inspector is not None else {}
+
+    def sync(self, enforcer, record: Callable[[list[dict]], None]) -> None:
+        from ramfw.daemon.sni_decide import decider
+        from ramfw.daemon.threads import Worker
+
+        if enforcer.desired.sni is None:
+            self.stop()
+            return
+        if self.worker is not None:
+            return  # mode and ports are read from the enforcer at every verdict / apply
+        self.inspector = SniInspector(
+            self.netns_name, enforcer.desired.sni.queue_num, decider(enforcer),
+            lambda: enforcer.desired.sni.mode if enforcer.desired.sni is not None else "audit",
+            record, lambda: enforcer.policy.digest,
+        )
+        self.inspector.open()
+        self._stop = threading.Event()
+        self.worker = Worker("sni", self.inspector.run, self._stop)
+        self.inspector.beat = self.worker.beat
+        self.worker.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self._stop.set()
+            self.worker.stop()
+            self.worker = None
+        if self.inspector is not None:
+            self.inspector.close()
+            self.inspector = None

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import ControllerProcess
 from ramfw.kernel import netns
 
 DOCKER = "/usr/bin/docker"  # the docker.io client matching the dockerd (not /usr/local/bin/docker)
@@ -556,46 +557,22 @@ def build_tiny_image(d: Dockerd, workdir: Path, tag: str = IMAGE) -> str:
 # ------------------------------------------------------------------------------------- ramfw
 
 
-class RamfwRun:
-    """One `python -m ramfw.cli run --netns NS --policy FILE` in the background (own session)."""
+class RamfwRun(ControllerProcess):
+    """One `python -m ramfw.cli run --netns NS --policy FILE` in the background (tests/harness.py:
+    own session, stopped by pid); failed waits raise DockerbedError."""
+
+    error = DockerbedError
 
     def __init__(self, ns: str, policy_path: Path, state_dir: Path, log_path: Path, backend: str = "auto"):
+        super().__init__(ns, policy_path, backend=backend, state_dir=state_dir, log_path=log_path)
         self.ns = ns
-        self.backend = backend
-        self.policy_path = policy_path
-        self.state_dir = state_dir
-        self.log_path = log_path
-        self.env = {**os.environ, "RAMFW_STATE_DIR": str(state_dir)}
-        self.proc: subprocess.Popen | None = None
         self.ready_after = 0.0
 
     def start(self, timeout: float = 20.0) -> "RamfwRun":
-        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", self.ns, "--policy", str(self.policy_path), "--backend", self.backend]
-        with open(self.log_path, "ab") as log_f:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_f, stderr=subprocess.STDOUT,
-                                         env=self.env, start_new_session=True)  # fmt: skip
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise DockerbedError(f"ramfw run exited with {self.proc.returncode} before it was ready\n{self.log_tail()}")
-            st = self.status()
-            if st["controller"]["running"] and st["enforcing"]:
-                self.ready_after = time.monotonic() - t0
-                return self
-            if time.monotonic() > deadline:
-                raise DockerbedError(f"ramfw run not ready after {timeout}s: {st}\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ramfw.cli", *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
-
-    def status(self) -> dict:
-        p = self.cli("status", "--netns", self.ns, "--json")
-        if p.returncode != 0:
-            raise DockerbedError(f"ramfw status exited {p.returncode}: {p.stderr.strip()}\n{self.log_tail()}")
-        return json.loads(p.stdout)
+        super().start()
+        self.wait_ready(timeout)
+        self.ready_after = self.ready_at - self.started_at
+        return self
 
     def write_policy(self, text: str) -> float:
         """Replace the policy file atomically; returns the monotonic time of the replace."""
@@ -607,28 +584,13 @@ class RamfwRun:
     def events(self) -> list[dict]:
         return events(self.ns, self.state_dir)
 
-    def log_tail(self, n: int = 3000) -> str:
-        return "--- ramfw run log (tail) ---\n" + _tail(self.log_path, n)
-
-    def assert_alive(self) -> None:
+    def assert_alive(self, when: str = "") -> None:
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"ramfw run died (rc {self.proc and self.proc.returncode})\n{self.log_tail()}")
 
     def stop(self) -> list[str]:
         """SIGTERM, then SIGKILL, by pid; then `ramfw down --netns NS`. Returns problems."""
-        problems = []
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        if netns.exists(self.ns):
-            p = self.cli("down", "--netns", self.ns)
-            if p.returncode != 0:
-                problems.append(f"ramfw down exited {p.returncode}: {p.stderr.strip()}")
-        return problems
+        return self.finish()
 
 
 def events(client_ns: str, state_dir: Path | None = None, timeout: float = 30) -> list[dict]:

@@ -12,13 +12,13 @@ stays refused.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 import dockerbed as db
 from dockerbed import BLOCKED_IP, CDN_API, CDN_BLOBS, CDN_BLOBS_IP, PORT
 from test_docker_pull import assert_refused_pull
+from wait import poll
 
 pytestmark = pytest.mark.e2e
 
@@ -34,13 +34,13 @@ def test_audit_pull_learn_then_enforce(ramfw, dockerd, e2e_net):
     assert pull.downloaded, f"audit mode must not break the pull:\n{pull}\n{run.log_tail()}"
     assert any(l.endswith(" 200") for l in blob_lines()[served:]), "the blobs did not come from the redirect host"
 
-    deadline = time.monotonic() + 5
-    while True:
-        evs = run.events()
-        hits = [e for e in evs if e.get("dst") == CDN_BLOBS_IP]
-        if hits or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+    evs = []
+
+    def blob_host_events():
+        evs[:] = run.events()
+        return [e for e in evs if e.get("dst") == CDN_BLOBS_IP]
+
+    hits = poll(blob_host_events, 5, interval=0.2)
     assert hits, f"no event for the blob host {CDN_BLOBS_IP}: {evs}\n{run.log_tail()}"
     assert all(e["action"] == "would_refuse" and e["hostname"] == CDN_BLOBS and e["dport"] == PORT for e in hits), hits
     assert not [e for e in evs if e.get("action") == "refused"], evs
@@ -65,11 +65,8 @@ def test_audit_pull_learn_then_enforce(ramfw, dockerd, e2e_net):
     assert any(l.endswith(" 200") for l in blob_lines()[served:]), "the blobs did not come from the redirect host"
     bad = dockerd.pull(e2e_net.blocked.ref())
     assert_refused_pull(bad, BLOCKED_IP)
-    refused = [e for e in run.events() if e.get("dst") == BLOCKED_IP and e.get("action") == "refused"]
-    deadline = time.monotonic() + 5
-    while not refused and time.monotonic() < deadline:
-        time.sleep(0.2)
-        refused = [e for e in run.events() if e.get("dst") == BLOCKED_IP and e.get("action") == "refused"]
+    refused = poll(lambda: [e for e in run.events() if e.get("dst") == BLOCKED_IP and e.get("action") == "refused"], 5,
+                   interval=0.2)
     assert refused, f"the refused pull left no refused event: {run.events()}"
     db.log(f"{run.backend}: audit pull ok, learn suggested {report['suggested_entries']}, enforcing pull {pull.elapsed:.2f}s, "
            f"other registry refused in {bad.elapsed:.2f}s")

@@ -39,6 +39,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from forge import Forger, udp_packet  # noqa: E402
+from wait import poll, time_until, wait_for  # noqa: E402
 from test_snoop import (  # noqa: E402,F401  (bed and controller are fixtures)
     POOL4,
     SERVER4,
@@ -224,9 +225,7 @@ def test_forged_answer_over_loopback_adds_nothing(bed, controller, snoop):
     got = _forge_during_question(bed, forge, bed.client, CLIENT4, real_ip, forged_ip)
     assert got[0] == (SERVER4, 53, [forged_ip]), f"the forgery never reached the asking socket: {got}"
     assert (SERVER4, 53, [real_ip]) in got, f"the genuine answer did not arrive: {got}"
-    deadline = time.monotonic() + 2
-    while real_ip not in bed.set_ips("allow4") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: real_ip in bed.set_ips("allow4"), 2)
     assert bed.set_ips("allow4") == {real_ip}, "the forged address was learned (or the genuine one was not)"
     refused = bed.connect(forged_ip, timeout=1.5)
     assert not refused.ok and refused.error == ("ECONNREFUSED" if snoop == "queue" else "timeout"), refused  # log mode drops
@@ -298,9 +297,7 @@ def test_forged_answer_from_container_through_the_bridge_adds_nothing(bed, contr
         got = _forge_during_question(bed, forge, ctr.ns, CTR4, real_ip, forged_ip)
         assert forged_path and got and got[0] == (SERVER4, 53, [forged_ip]), f"the hairpinned forgery never arrived: {got}"
         assert (SERVER4, 53, [real_ip]) in got, f"the genuine answer did not arrive: {got}"
-        deadline = time.monotonic() + 2
-        while real_ip not in bed.set_ips("allow4") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(lambda: real_ip in bed.set_ips("allow4"), 2)
         assert bed.set_ips("allow4") == {real_ip}, "the forged address was learned (or the genuine one was not)"
         assert bed.connect(forged_ip).error == "ECONNREFUSED"
         ctl.assert_alive("after a forged answer through the bridge")
@@ -321,12 +318,8 @@ def _admin(bed, backend_status: dict) -> str:
 
 
 def _wait_refused(bed, ip: str, limit: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        if bed.connect(ip, timeout=0.5).error == "ECONNREFUSED":
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    return float("inf")
+    took = time_until(lambda: bed.connect(ip, timeout=0.5).error == "ECONNREFUSED", limit)
+    return float("inf") if took is None else took
 
 
 def test_tampering_is_repaired_within_the_check_interval(bed, controller):
@@ -401,10 +394,7 @@ def test_running_controller_refuses_hostile_policies_and_stays_alive(bed, contro
     assert ips and bed.connect(ips[0]).ok
     # and a good policy is taken again
     write_atomic(ctl.policy, policy_toml(WILDCARD, min_ttl=31))
-    deadline = time.monotonic() + 8
-    while ctl.status()["policy_digest"] == digest and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ctl.status()["policy_digest"] != digest
+    wait_for(lambda: ctl.status()["policy_digest"] != digest, 8, "the good policy to be taken again", detail=ctl.stderr_tail)
     ctl.assert_alive("at the end")
 
 
@@ -420,22 +410,10 @@ def _start_limited_controller(bed, policy_text: str, extra: list[str], nofile: i
     commands run first in the controller's own mount namespace (`ip netns exec` makes one)."""
     from test_snoop import Ctl
 
-    ctl = Ctl.__new__(Ctl)
-    ctl.bed = bed
-    ctl.policy = bed.tmp / "limited-policy.toml"
-    ctl.policy.write_text(policy_text)
-    ctl.state_dir = state_dir or bed.tmp / "state"
-    ctl.env = {**os.environ, "RAMFW_STATE_DIR": str(ctl.state_dir)}
-    ctl.stderr_path = bed.tmp / "limited.stderr"
-    ctl.ready_at = time.monotonic()
-    ctl._err = open(ctl.stderr_path, "wb")
-    argv = ["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "ramfw.cli",
-            "run", "--netns", bed.client, "--policy", str(ctl.policy), "--backend", bed.backend, *extra]  # fmt: skip
+    wrap = ("prlimit", f"--nofile={nofile}:{nofile}")
     if shell:
-        argv = ["sh", "-c", shell + ' && exec "$@"', "sh", *argv]
-    argv = ["ip", "netns", "exec", bed.client, *argv]
-    ctl.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=ctl._err, stderr=subprocess.STDOUT, env=ctl.env,
-                                start_new_session=True)  # fmt: skip
+        wrap = ("sh", "-c", shell + ' && exec "$@"', "sh", *wrap)
+    ctl = Ctl(bed, policy_text, name="limited", extra=tuple(extra), wrap=wrap, state_dir=state_dir)
     return ctl
 
 
@@ -483,7 +461,7 @@ def test_two_thousand_idle_metrics_connections_leave_the_controller_working(bed)
             ips, conn = bed.lookup_connect(name)
             assert conn.ok, f"learning stopped under the connection flood: {name} {ips} {conn}"
             learned.append(ips[0])
-            time.sleep(0.5)
+            time.sleep(0.5)  # the scenario: a lookup every 0.5 s for 8 s while the idle connections are held
         print(f"[test_attacks] {bed.backend}: at most {most_fds} descriptors open in the controller; learned {len(learned)} names")
         assert most_fds < 100, f"the controller held {most_fds} descriptors (the idle connections are not capped)"
         for s in idle:
@@ -517,11 +495,11 @@ def test_full_state_directory_is_survived_and_summarised(bed):
                                     shell=f"mount -t tmpfs -o size=256k ramfw-test-state {state}")  # fmt: skip
     try:
         seen = Path(f"/proc/{ctl.proc.pid}/root") / str(state).lstrip("/")  # the tmpfs, as the controller sees it
-        deadline = time.monotonic() + 20
-        while not glob.glob(str(seen / "net-*" / "controller.json")):
+        def heartbeat_file():
             ctl.assert_alive("starting")
-            assert time.monotonic() < deadline, f"no heartbeat file in the tmpfs\n{ctl.stderr_tail()}"
-            time.sleep(0.1)
+            return glob.glob(str(seen / "net-*" / "controller.json"))
+
+        wait_for(heartbeat_file, 20, "the heartbeat file in the tmpfs", detail=ctl.stderr_tail)
         assert not list(state.iterdir()), "the tmpfs is not private to the controller's mount namespace"
         heartbeat = Path(glob.glob(str(seen / "net-*" / "controller.json"))[0])
         filler = seen / "filler"
@@ -538,16 +516,14 @@ def test_full_state_directory_is_survived_and_summarised(bed):
             ips, conn = bed.lookup_connect(f"f{n}.allowed.test")
             assert conn.ok, f"learning stopped with a full state directory: {ips} {conn}"
             n += 1
-            time.sleep(0.4)
+            time.sleep(0.4)  # the scenario: a new name every 0.4 s while the state directory is full
         said = ctl.stderr().count("cannot write state file")
         assert said == 1, f"state write failures not summarised ({said} lines)\n{ctl.stderr_tail()}"
         assert "No space left on device" in ctl.stderr()
         filler.unlink()
         stamp = heartbeat.stat().st_mtime
-        deadline = time.monotonic() + 6
-        while heartbeat.stat().st_mtime == stamp or "written again after" not in ctl.stderr():
-            assert time.monotonic() < deadline, f"state writes did not resume\n{ctl.stderr_tail()}"
-            time.sleep(0.2)
+        wait_for(lambda: heartbeat.stat().st_mtime != stamp and "written again after" in ctl.stderr(), 6,
+                 "state writes to resume", detail=ctl.stderr_tail)
         ctl.assert_alive("after the state directory had room again")
         print(f"[test_attacks] {bed.backend}: {n} names learned while /run was full; one log line")
     finally:

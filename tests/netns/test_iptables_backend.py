@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ramfw.kernel import netns
-from ramfw.backends.iptables import backend as ipt
+from ramfw.backends.iptables import flavour as flavours, render, savetext
 from ramfw.backends.iptables.backend import IptablesBackend
 from ramfw.errors import BackendError
 from ramfw.kernel.nfnetlink import NfLog, NfQueue
@@ -93,12 +93,12 @@ def snapshot(ns: str) -> str:
 
 def save_rules(ns: str, flavour: str, family: int) -> dict[str, list[str]]:
     """chain -> rule arguments, from <flavour>-save of the filter table."""
-    dump = ipt.parse_save(run(ns, f"{ipt.TOOL[(flavour, family)]}-save").stdout).get("filter", ipt.TableDump())
+    dump = savetext.parse_save(run(ns, f"{flavours.TOOL[(flavour, family)]}-save").stdout).get("filter", savetext.TableDump())
     return {c: [a for a, _p, _b in dump.rules.get(c, [])] for c in dump.chains}
 
 
 def xt(ns: str, flavour: str, family: int, *args: str) -> None:
-    run(ns, ipt.TOOL[(flavour, family)], *args)
+    run(ns, flavours.TOOL[(flavour, family)], *args)
 
 
 def assert_refused_fast(tb, ip, port=443):
@@ -143,7 +143,7 @@ def backend(net, flavour):
 def test_probe_says_which_flavour_and_why(net):
     p = IptablesBackend.probe(net.client)
     assert p.usable, p.reason
-    assert p.reason.startswith(f"iptables-{ipt.system_flavour()}: no iptables rules yet"), p.reason
+    assert p.reason.startswith(f"iptables-{flavours.system_flavour()}: no iptables rules yet"), p.reason
     # Rules already in iptables-legacy: follow them.
     xt(net.client, "legacy", 4, "-N", "ADMIN-RULES")
     p = IptablesBackend.probe(net.client)
@@ -169,8 +169,8 @@ def test_probe_says_which_flavour_and_why(net):
 
 
 def test_choose_flavour_refuses_clearly_when_the_flavour_cannot_be_driven():
-    facts = ipt.Facts(False, {"legacy": False, "nft": True}, {"legacy": False, "nft": False}, {"legacy": True, "nft": False}, {"legacy": True, "nft": False}, "nft")
-    choice, why = ipt.choose_flavour(facts)
+    facts = flavours.Facts(False, {"legacy": False, "nft": True}, {"legacy": False, "nft": False}, {"legacy": True, "nft": False}, {"legacy": True, "nft": False}, "nft")
+    choice, why = flavours.choose_flavour(facts)
     assert choice is None
     assert why == "Docker's chains are there (iptables-legacy), but this kernel has no legacy xtables (ip_tables)"
 
@@ -199,7 +199,7 @@ def test_allowlist_with_real_packets(net, backend, flavour):
         socket.create_connection(srv.getsockname(), timeout=1).close()
     state = backend.read_state()
     assert state.installed and state.backend == "iptables" and state.meta["flavour"] == flavour
-    assert state.where == f"{ipt.TOOL[(flavour, 4)]} -S RAMFW-OUT; {ipt.TOOL[(flavour, 6)]} -S RAMFW-OUT; ipset list -t (sets ramfw-*)"
+    assert state.where == f"{flavours.TOOL[(flavour, 4)]} -S RAMFW-OUT; {flavours.TOOL[(flavour, 6)]} -S RAMFW-OUT; ipset list -t (sets ramfw-*)"
     assert state.meta["mode"] == "allowlist"
     assert set(state.sets) == {"allow4", "allow6"}
     assert set(state.sets["allow4"]) == {A4} and set(state.sets["allow6"]) == {A6}
@@ -257,7 +257,7 @@ def test_reapply_is_idempotent_and_matches_render(net, backend, flavour):
                 rendered.setdefault(m.group(1), []).append(m.group(2))
         installed = save_rules(net.client, flavour, family)
         for chain, rules in rendered.items():
-            if chain != ipt.META:
+            if chain != render.META:
                 assert installed[chain] == rules, (family, chain)
         assert installed["OUTPUT"][:3] == [*OUT_DNS_JUMPS, OUT_JUMP]
         assert installed["INPUT"][:2] == IN_DNS_JUMPS
@@ -413,7 +413,7 @@ def test_check_names_a_deleted_jump_and_apply_repairs_it(net, backend, flavour):
     assert backend.check(d) == []
     xt(net.client, flavour, 4, "-D", "OUTPUT", *OUT_JUMP.split())
     assert net.connect(B4, 443).ok  # the hole is real
-    assert backend.check(d) == [f"jump from OUTPUT to RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) is missing"]
+    assert backend.check(d) == [f"jump from OUTPUT to RAMFW-OUT ({flavours.TOOL[(flavour, 4)]}) is missing"]
     backend.apply(d)
     assert backend.check(d) == []
     assert_refused_fast(net, B4)
@@ -421,9 +421,9 @@ def test_check_names_a_deleted_jump_and_apply_repairs_it(net, backend, flavour):
     xt(net.client, flavour, 6, "-I", "OUTPUT", "1", "-j", "ACCEPT")
     xt(net.client, flavour, 4, "-A", "RAMFW-OUT", "-j", "ACCEPT")
     problems = backend.check(d)
-    assert f"jump from OUTPUT to RAMFW-OUT ({ipt.TOOL[(flavour, 6)]}) is not rule 1" in problems
-    want = len(ipt.table_part(d, 4, links=backend.links).chains["RAMFW-OUT"])
-    assert f"chain RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) has {want + 1} rules instead of {want}" in problems
+    assert f"jump from OUTPUT to RAMFW-OUT ({flavours.TOOL[(flavour, 6)]}) is not rule 1" in problems
+    want = len(render.table_part(d, 4, links=backend.links).chains["RAMFW-OUT"])
+    assert f"chain RAMFW-OUT ({flavours.TOOL[(flavour, 4)]}) has {want + 1} rules instead of {want}" in problems
     other = desired('allow = ["reg.other.test"]', OTHER)
     assert any("holds policy" in p for p in backend.check(other))
     backend.apply(d)
@@ -446,7 +446,7 @@ def test_docker_user_chain_is_used_and_repaired(net, backend, flavour):
     # dockerd restart: DOCKER-USER flushed and its RETURN put back
     xt(ns, flavour, 4, "-F", "DOCKER-USER")
     xt(ns, flavour, 4, "-A", "DOCKER-USER", "-j", "RETURN")
-    tool = ipt.TOOL[(flavour, 4)]
+    tool = flavours.TOOL[(flavour, 4)]
     assert backend.check(d) == [f"jump from DOCKER-USER to {c} ({tool}) is missing" for c in ("RAMFW-DNS-OUT", "RAMFW-DNS-IN", "RAMFW-FWD")]
     backend.apply(d)
     assert backend.check(d) == []
@@ -455,7 +455,7 @@ def test_docker_user_chain_is_used_and_repaired(net, backend, flavour):
     xt(ns, flavour, 6, "-N", "DOCKER-USER")
     xt(ns, flavour, 6, "-A", "DOCKER-USER", "-j", "RETURN")
     xt(ns, flavour, 6, "-I", "FORWARD", "1", "-j", "DOCKER-USER")
-    tool6 = ipt.TOOL[(flavour, 6)]
+    tool6 = flavours.TOOL[(flavour, 6)]
     problems = backend.check(d)
     assert f"jump from DOCKER-USER to RAMFW-FWD ({tool6}) is missing" in problems
     assert f"FORWARD ({tool6}) still jumps to RAMFW-DNS-OUT, RAMFW-DNS-IN, RAMFW-FWD: it belongs in DOCKER-USER" in problems
@@ -568,7 +568,7 @@ def test_switching_flavour_moves_the_rules(net):
 def jumps_to_ours(ns: str, flavour: str, family: int) -> dict[str, list[str]]:
     """Foreign chain -> every rule in it that jumps to one of ramfw's chains."""
     rules = save_rules(ns, flavour, family)
-    return {c: [a for a in r if ipt._ours(ipt._jump_target(a))] for c, r in rules.items() if not ipt._ours(c)}
+    return {c: [a for a in r if render.is_ours(render.jump_target(a))] for c, r in rules.items() if not render.is_ours(c)}
 
 
 def test_upgrade_from_unconditional_jumps_leaves_one_jump_each(net, flavour):
@@ -589,7 +589,7 @@ def test_upgrade_from_unconditional_jumps_leaves_one_jump_each(net, flavour):
     assert jumps_to_ours(ns, flavour, 4)["OUTPUT"] == ["-j RAMFW-DNS-OUT", "-j RAMFW-OUT"]
     backend = IptablesBackend(ns, flavour=flavour)
     try:
-        assert f"jump from OUTPUT to RAMFW-OUT ({ipt.TOOL[(flavour, 4)]}) is not the one ramfw writes (an earlier version's?)" in backend.check(d)
+        assert f"jump from OUTPUT to RAMFW-OUT ({flavours.TOOL[(flavour, 4)]}) is not the one ramfw writes (an earlier version's?)" in backend.check(d)
         backend.apply(d)
         for family in (4, 6):
             jumps = jumps_to_ours(ns, flavour, family)
@@ -619,8 +619,8 @@ def test_established_packets_do_not_enter_ramfw_chains(net, backend, flavour):
     for _ in range(3):
         r = net.connect(A4, 443)
         assert r.ok, r
-    dump = ipt.parse_save(run(net.client, f"{ipt.TOOL[(flavour, 4)]}-save", "-c").stdout)["filter"]
-    jump = [(p, a) for a, p, _b in dump.rules["OUTPUT"] if ipt._jump_target(a) == "RAMFW-OUT"]
+    dump = savetext.parse_save(run(net.client, f"{flavours.TOOL[(flavour, 4)]}-save", "-c").stdout)["filter"]
+    jump = [(p, a) for a, p, _b in dump.rules["OUTPUT"] if render.jump_target(a) == "RAMFW-OUT"]
     assert jump == [(3, OUT_JUMP)]
     established = dump.rules["RAMFW-OUT"][0]
     assert established[0] == "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" and established[1] == 0

@@ -32,6 +32,7 @@ if str(HERE) not in sys.path:
 
 from flood import flood, flood_names  # noqa: E402
 from test_snoop import Ctl, Listener, addresses, connect_here, policy_toml, write_atomic  # noqa: E402
+from wait import wait_for as shared_wait_for  # noqa: E402
 from testbed import DNS4, Testbed, require_root, root_ns_fingerprint, set_addresses  # noqa: E402
 
 FRESH4 = "198.51.100.70"
@@ -119,7 +120,7 @@ def test_flood_of_distinct_names_learns_every_delivered_answer(backend, tmp_path
                     res = connect_here(lookup(tb.client, "fresh.flood.test")[0], timeout=1.0)
                 if res.ok or time.monotonic() - t0 > 2.0:
                     break
-                time.sleep(0.05)
+                time.sleep(0.05)  # retry pacing: the loop ends on the condition above
             assert res.ok, f"a fresh allowed name was refused {time.monotonic() - t0:.1f} s after the flood: {res}"
             counters = ctl.counters()
             log(f"{backend}: cache {counters.get('cache_addresses')} addresses, evicted {counters.get('cache_evicted')}, "
@@ -218,10 +219,8 @@ def test_live_connection_to_an_aged_out_address_survives_until_its_name_is_remov
             conns.append(old)
             assert old.ip == KEEP_OLD4 and old.alive()
             tb.set_names({"cdn.keep.test": [KEEP_NEW4], "other.keep.test": [FRESH4]}, ttl=1)  # the CDN rotates
-            deadline = time.monotonic() + 20
-            while KEEP_OLD4 in bed.set_ips("allow4") and time.monotonic() < deadline:
-                time.sleep(0.5)
-            assert KEEP_OLD4 not in bed.set_ips("allow4"), "the rotated-away address never aged out of the set"
+            wait_for(lambda: KEEP_OLD4 not in bed.set_ips("allow4"), "the rotated-away address to age out of the set",
+                     timeout=20)
             assert old.alive()
 
             ctl.proc.send_signal(signal.SIGHUP)
@@ -232,6 +231,7 @@ def test_live_connection_to_an_aged_out_address_survives_until_its_name_is_remov
             wait_for(lambda: "reloaded (policy changed" in ctl.stderr(), "the policy edit")
             assert old.alive(), f"an edit that kept the name cut its live connection\n{ctl.stderr_tail()}"
 
+            tampered_at = time.time()
             if backend == "nft":
                 tb.run(tb.client, "nft", "delete", "table", "inet", "ramfw")
             else:  # whichever flavour the backend chose holds the chain
@@ -239,22 +239,21 @@ def test_live_connection_to_an_aged_out_address_survives_until_its_name_is_remov
                            for tool in ("iptables-nft", "iptables-legacy")]
                 assert any(flushed)
             wait_for(lambda: "restoring it" in ctl.stderr(), "the repair", timeout=10)
-            time.sleep(0.5)
+            ctl.wait_applied(tampered_at)  # the repair's transaction and any cut after it are done
             assert old.alive(), f"the repair cut a live connection\n{ctl.stderr_tail()}"
 
             assert ctl.terminate() == 0
             ctl2 = Ctl(bed, policy(["cdn.keep.test", "other.keep.test"]), name="ctl2", extra=("--check-interval", "1"))
             started.append(ctl2)
-            ctl2.wait_ready()
-            time.sleep(1.0)
+            ctl2.wait_ready()  # ready only after the first apply, whose cuts come before the heartbeat
             assert old.alive(), f"a controller restart cut a live connection\n{ctl2.stderr_tail()}"
 
             current = LiveConnection(tb.client, lookup(tb.client, "cdn.keep.test")[0])
             conns.append(current)
             assert current.ip == KEEP_NEW4 and current.alive()
             write_atomic(ctl2.policy, policy(["other.keep.test"]))
+            # logged after the transaction and its cuts
             wait_for(lambda: "reloaded (policy changed" in ctl2.stderr(), "the edit removing the name")
-            time.sleep(0.5)
             assert not current.alive(), "the connection to the current address of a removed name was not cut"
             assert not old.alive(), "the connection to the old address of a removed name was not cut"
         finally:
@@ -264,11 +263,7 @@ def test_live_connection_to_an_aged_out_address_survives_until_its_name_is_remov
 
 
 def wait_for(cond, what: str, timeout: float = 6.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    shared_wait_for(cond, timeout, what, interval=0.1)
 
 
 # ---- every thread killed in turn -------------------------------------------------------------------
@@ -342,7 +337,7 @@ def test_question_flood_from_an_unprivileged_user_does_not_stall_learning(tmp_pa
                 ["ip", "netns", "exec", tb.client, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                  "/usr/bin/python3", "-c", FLOOD_SCRIPT, DNS4, "12", "300"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(1.0)  # let the flood build up
+            time.sleep(1.0)  # the scenario: let the flood build up before the lookups start
             slow = []
             for name, ips in names.items():
                 t0 = time.monotonic()

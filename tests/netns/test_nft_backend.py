@@ -74,3 +74,77 @@ def test_reapply_keeps_packets_held_in_nfqueue(testbed, backend):
         queue.close()
         rx.close()
         tx.close()
+
+
+def _mangle(testbed, tool: str, *args: str):
+    return testbed.run(testbed.client, tool, "-t", "mangle", *args, check=False)
+
+
+def _nft_tables(testbed) -> str:
+    return testbed.run(testbed.client, "nft", "list", "tables").stdout
+
+
+def test_the_nft_backend_owns_its_xtables_queue_fallback(testbed):
+    """Where the kernel's nftables lacks `queue` (forced here, whatever this kernel has), the
+    backend's apply installs the xtables NFQUEUE chain, real DNS answers wait in the queue until
+    released, its check reports a removed jump, a re-apply repairs it, an apply in log mode
+    removes it, and teardown removes it together with the mangle tables it created."""
+    import threading
+
+    from ramfw.backends.nft import queue_fallback
+    from ramfw.kernel import netns
+    from ramfw.kernel.nfnetlink import NfQueue
+    from ramfw.plan import DNS_QUEUE_NUM
+
+    testbed.set_names({"x.test": ["198.51.100.44"]})
+    servers = ("198.51.100.53", "2001:db8:100::53")
+    had_mangle = "mangle" in _nft_tables(testbed)
+    features = {**NftBackend.probe(testbed.client).features, "queue": False}
+    b = NftBackend(testbed.client, features)
+    assert b.queue_mechanism() == "xtables NFQUEUE (this kernel's nftables lacks queue)"
+    queued = plan(parse_policy('allow = ["x.test"]', "p"), {}, 0.0, servers, "queue")
+    try:
+        b.apply(queued)
+        for tool in ("iptables-nft", "ip6tables-nft"):
+            assert _mangle(testbed, tool, "-C", "PREROUTING", "-j", queue_fallback.CHAIN).returncode == 0
+        assert b.check(queued) == []
+
+        with netns.entered(testbed.client):
+            queue = NfQueue(DNS_QUEUE_NUM)
+        try:
+            answer: list = []
+            asker = threading.Thread(target=lambda: answer.append(testbed.resolve("x.test")))
+            asker.start()
+            held = queue.receive(timeout=5)
+            assert held and not answer, "the DNS answer was not held in the queue"
+            for packet in held:
+                queue.verdict(packet.packet_id, True)
+            asker.join(5)
+            assert answer == [["198.51.100.44"]]
+        finally:
+            queue.close()
+
+        assert _mangle(testbed, "ip6tables-nft", "-D", "PREROUTING", "-j", queue_fallback.CHAIN).returncode == 0
+        assert b.check(queued) == [f"ip6tables-nft mangle PREROUTING no longer jumps to {queue_fallback.CHAIN}"]
+        b.apply(queued)
+        assert b.check(queued) == []
+
+        b.apply(plan(parse_policy('allow = ["x.test"]', "p"), {}, 0.0, servers, "log"))
+        assert _mangle(testbed, "iptables-nft", "-S", queue_fallback.CHAIN).returncode != 0
+        assert _mangle(testbed, "ip6tables-nft", "-S", queue_fallback.CHAIN).returncode != 0
+
+        b.apply(queued)
+        created = b.created_tables()
+        assert created == ([] if had_mangle else ["ip mangle", "ip6 mangle"])
+    finally:
+        b.close()
+    # `ramfw down` runs in another process: a fresh backend, told what the controller recorded
+    fresh = NftBackend(testbed.client)
+    try:
+        assert fresh.teardown(created) == ["table inet ramfw", f"chain {queue_fallback.CHAIN} (iptables-nft mangle)"]
+        assert fresh.teardown(created) == []
+    finally:
+        fresh.close()
+    assert _mangle(testbed, "iptables-nft", "-S", queue_fallback.CHAIN).returncode != 0
+    assert "ramfw" not in _nft_tables(testbed)
+    assert ("mangle" in _nft_tables(testbed)) == had_mangle

@@ -13,6 +13,7 @@ import pytest
 
 from ramfw.kernel import netns
 from runcli import Controller, run_ramfw
+from wait import poll
 
 A4, B4, POLICY_IP = "198.51.100.10", "198.51.100.20", "198.51.100.80"
 URL = "https://policy.test/fleet/ramfw.toml"
@@ -91,12 +92,7 @@ def status(ns):
 
 
 def until(fn, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.1)
-    return False
+    return bool(poll(fn, timeout, interval=0.1))
 
 
 def test_policy_url_lifecycle(fleet):

@@ -13,7 +13,9 @@ import time
 
 import pytest
 
+from harness import ControllerProcess
 from runcli import Controller, run_ramfw
+from wait import wait_for
 from testbed import nft_ruleset
 
 A4, B4 = "198.51.100.10", "198.51.100.20"
@@ -41,8 +43,7 @@ def test_ready_after_ruleset_and_watchdog_pings(net, tmp_path):
     policy.write_text('allow = ["reg.allowed.test"]\n')
     listener, notify_path = notify_listener(tmp_path, 10)
     env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="600000")
-    proc = subprocess.Popen([sys.executable, "-m", "ramfw.cli", "run", "--netns", net.client, "--policy", str(policy)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ctl = ControllerProcess(net.client, policy, env=env, log_path=tmp_path / "run.log").start()
     try:
         first = listener.recv(4096).decode()
         # at the moment READY arrives, the ruleset and the allowed address are in the kernel
@@ -60,16 +61,9 @@ def test_ready_after_ruleset_and_watchdog_pings(net, tmp_path):
             statuses += msg.startswith("STATUS=")
         assert pings >= 4, f"only {pings} watchdog pings in 2 s (WatchdogSec 0.6 s: every 0.3 s)"
         # SIGHUP reloads (here: the same file, so the digest stays and the reload counter moves)
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            data = json.loads(run_ramfw("status", "--netns", net.client, "--json").stdout)
-            if data["controller_counters"].get("reloads") == 1:
-                break
-            time.sleep(0.2)
-        assert data["controller_counters"]["reloads"] == 1
-        proc.terminate()
-        assert proc.wait(10) == 0
+        ctl.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: ctl.counters().get("reloads") == 1, 5, "the SIGHUP reload in status", detail=ctl.log_tail)
+        assert ctl.terminate(10) == 0
         tail = []
         listener.settimeout(1)
         try:
@@ -79,12 +73,9 @@ def test_ready_after_ruleset_and_watchdog_pings(net, tmp_path):
             pass
         assert "STOPPING=1" in tail
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        ctl.finish()
         listener.close()
-        run_ramfw("down", "--netns", net.client)
-    assert "reloaded (SIGHUP)" in proc.stderr.read()
+    assert "reloaded (SIGHUP)" in ctl.output()
 
 
 def test_ready_is_not_sent_when_the_policy_is_invalid(net, tmp_path):
@@ -132,7 +123,9 @@ def test_metrics_agree_with_status(net, tmp_path):
         for _ in range(3):
             assert net.connect(B4, 443).error == "ECONNREFUSED"
         assert net.connect(A4, 443).ok
-        time.sleep(2.5)  # one heartbeat, so status has the controller's latest counters
+        # the audit thread has recorded the three attempts, and a heartbeat put them in status
+        wait_for(lambda: ctl.counters().get("blocked_attempts", 0) >= 3, 6, "three blocked attempts in status",
+                 detail=ctl.log_tail)
         text = scrape_unix(sock_path)
         status = json.loads(run_ramfw("status", "--netns", net.client, "--json", check=0).stdout)
         assert metric(text, "ramfw_set_elements", set="allow4") == status["sets"]["allow4"] == 1
@@ -168,10 +161,8 @@ def test_resolver_failure_keeps_the_last_good_answer(net, tmp_path):
         net.run(net.inet, "nft", "add table inet dnsdown")
         net.run(net.inet, "nft", "add chain inet dnsdown in { type filter hook input priority 0; }")
         net.run(net.inet, "nft", "add rule inet dnsdown in th dport 53 drop")
-        deadline = time.monotonic() + 10
-        while "cannot refresh reg.allowed.test" not in ctl.output():
-            assert time.monotonic() < deadline, ctl.output()
-            time.sleep(0.2)
+        wait_for(lambda: "cannot refresh reg.allowed.test" in ctl.output(), 10, "the refresh failure to be logged",
+                 detail=ctl.log_tail)
         line = next(ln for ln in ctl.output().splitlines() if "cannot refresh reg.allowed.test" in ln)
         assert "keeping the last good answer" in line and "Timeout" in line, line
         assert net.connect(A4, 443).ok

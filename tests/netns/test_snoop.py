@@ -46,6 +46,8 @@ if str(TESTS) not in sys.path:
 
 from dnsserver import DnsServer, Request, answer  # noqa: E402
 from forge import Forger  # noqa: E402
+from harness import ControllerProcess  # noqa: E402
+from wait import time_until, wait_for  # noqa: E402
 from testbed import CLIENT4, CLIENT6, Testbed, require_root, root_ns_fingerprint, set_addresses  # noqa: E402
 from testbed import kernel_ruleset as nft_ruleset  # noqa: E402  (every tool's view: either backend)
 
@@ -239,104 +241,33 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class Ctl:
-    """One `ramfw run` process in the client namespace."""
+class Ctl(ControllerProcess):
+    """One `ramfw run` process in the client namespace (tests/harness.py), started at once under
+    `ip netns exec`: even a controller that ignored --netns could only touch the client ns."""
 
-    def __init__(self, bed: Bed, policy_text: str, cleanup: bool = False, name: str = "ctl", extra: tuple = ()):
+    def __init__(self, bed: Bed, policy_text: str, cleanup: bool = False, name: str = "ctl", extra: tuple = (),
+                 wrap: tuple = (), state_dir: Path | None = None):
+        policy = bed.tmp / f"{name}-policy.toml"
+        policy.write_text(policy_text)
+        super().__init__(bed.client, policy, *(("--cleanup",) if cleanup else ()), *extra, backend=bed.backend,
+                         state_dir=state_dir or bed.tmp / "state", log_path=bed.tmp / f"{name}.stderr", netns_exec=True, wrap=wrap)
         self.bed = bed
-        self.policy = bed.tmp / f"{name}-policy.toml"
-        self.policy.write_text(policy_text)
-        self.state_dir = bed.tmp / "state"
-        self.env = {**os.environ, "RAMFW_STATE_DIR": str(self.state_dir)}
-        self.stderr_path = bed.tmp / f"{name}.stderr"
+        self.policy = policy
+        self.stderr_path = self.log_path
+        self.start()
         self.ready_at = time.monotonic()
-        argv = [sys.executable, "-m", "ramfw.cli", "run", "--netns", bed.client, "--policy", str(self.policy),
-                "--backend", bed.backend]
-        if cleanup:
-            argv.append("--cleanup")
-        argv += list(extra)
-        self._err = open(self.stderr_path, "wb")
-        # `ip netns exec`: even a controller that ignored --netns could only touch the client ns
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", bed.client, *argv],
-            stdin=subprocess.DEVNULL, stdout=self._err, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True,
-        )  # fmt: skip
 
     def cli(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        p = subprocess.run([sys.executable, "-m", "ramfw.cli", *args], env=self.env, capture_output=True,
-                           text=True, timeout=timeout)  # fmt: skip
+        p = super().cli(*args, timeout=timeout)
         if check and p.returncode != 0:
             pytest.fail(f"ramfw {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}\n{self.stderr_tail()}")
         return p
 
-    def status(self) -> dict:
-        return json.loads(self.cli("status", "--netns", self.bed.client, "--json").stdout)
-
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+        return self.output()
 
     def stderr_tail(self, n: int = 3000) -> str:
-        return "--- controller stderr (tail) ---\n" + self.stderr()[-n:]
-
-    def wait_ready(self, timeout: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"ramfw run exited with {self.proc.returncode} before it was ready\n{self.stderr_tail()}")
-            st = self.status()
-            if st["controller"]["running"] and st["enforcing"]:
-                self.ready_at = time.monotonic()
-                return st
-            if time.monotonic() > deadline:
-                pytest.fail(f"ramfw run not ready after {timeout}s: {st}\n{self.stderr_tail()}")
-            time.sleep(0.1)
-
-    def assert_alive(self, when: str) -> None:
-        rc = self.proc.poll()
-        if rc is not None:
-            how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
-            pytest.fail(f"the controller died {when} ({how})\n{self.stderr_tail()}")
-
-    def counters(self) -> dict:
-        st = self.status()
-        assert st["controller"]["running"], f"controller not running: {st}\n{self.stderr_tail()}"
-        return st["controller_counters"]
-
-    def wait_counter(self, name: str, at_least: int, timeout: float = 6.0) -> int:
-        """Counters reach status with the controller's heartbeat (every 2 s): poll."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.counters().get(name, 0)
-            if value >= at_least or time.monotonic() > deadline:
-                return value
-            time.sleep(0.25)
-
-    def terminate(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def finish(self) -> None:
-        """Always: stop the process by pid (TERM, then KILL), then `ramfw down`."""
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-        finally:
-            self._err.close()
-            if netns.exists(self.bed.client):
-                subprocess.run([sys.executable, "-m", "ramfw.cli", "down", "--netns", self.bed.client],
-                               env=self.env, capture_output=True, timeout=30)  # fmt: skip
+        return self.log_tail(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -774,12 +705,12 @@ def test_cname_chains(bed, controller):
 
     # explain: the IP is credited to the name the client asked for (state.json is written at
     # most every 10 s, so poll)
-    while True:
+    def explained():
         data = json.loads(ctl.cli("explain", x, "--netns", bed.client, "--json").stdout)
         names = [item["name"] for item in data.get("learned_from", [])]
-        if "alias.allowed.test" in names or time.monotonic() - t0 > 12:
-            break
-        time.sleep(0.5)
+        return (data, names) if "alias.allowed.test" in names else None
+
+    data, names = wait_for(explained, 12, f"explain {x} to list alias.allowed.test", interval=0.5, detail=ctl.stderr_tail)
     log(f"explain {x} listed learned_from {names} {time.monotonic() - t0:.1f}s after the lookup")
     assert data["verdict"] == "allowed", data
     assert names == ["alias.allowed.test"], data
@@ -920,7 +851,7 @@ def test_malformed_storm(bed, controller):
     ctl.assert_alive("during the malformed storm")
     target = c0.get("snoop_answers_seen", 0) + len(payloads)
     ctl.wait_counter("snoop_answers_seen", target, timeout=8)
-    time.sleep(2.2)  # one more heartbeat, so every counter is settled
+    ctl.wait_heartbeat()  # one more heartbeat, so every counter is settled
     c1 = ctl.counters()
     d = {k: c1.get(k, 0) - c0.get(k, 0) for k in ("snoop_answers_seen", "snoop_malformed", "snoop_mismatched",
                                                    "snoop_unsolicited", "snoop_answers_used", "snoop_errors",
@@ -968,24 +899,23 @@ def test_policy_edit_while_running(bed, controller):
         took = time.monotonic() - t0
         if res.ok or took > 6:
             break
-        time.sleep(0.02)
+        time.sleep(0.02)  # retry pacing: the loop ends on the condition above
     log(f"policy edit: second.allowed.test reachable {took:.2f}s after the file was rewritten ({lost} lookups lost)")
     assert res.ok, f"second.allowed.test still refused {took:.1f}s after the policy allowed it\n{ctl.stderr_tail()}"
-    assert took <= 2.0, f"reload took {took:.2f}s (> 2 s)"
+    # a functional bound; how fast it is goes in scripts/bench/bench_reload.py
+    assert took <= 5.0, f"reload took {took:.2f}s (> 5 s)"
     digest2 = ctl.status()["policy_digest"]
     assert digest2 != digest1
 
     bad = policy_toml(["first.allowed.test", "second.allowed.test"]).replace('mode = "allowlist"', 'mode = "sometimes"')
     write_atomic(ctl.policy, bad)
     t0 = time.monotonic()
-    while "refused" not in ctl.stderr() and time.monotonic() - t0 < 4:
-        time.sleep(0.1)
+    wait_for(lambda: "refused" in ctl.stderr(), 4, "the invalid policy to be refused", detail=ctl.stderr_tail)
     refusal = [line for line in ctl.stderr().splitlines() if "refused" in line]
     log(f"invalid policy refused after {time.monotonic() - t0:.2f}s: {refusal}")
     assert refusal, f"no refusal logged\n{ctl.stderr_tail()}"
     assert str(ctl.policy) in refusal[-1] and "mode" in refusal[-1], refusal
-    time.sleep(0.5)
-    st = ctl.status()
+    st = ctl.wait_heartbeat()  # a heartbeat after the refusal: still running, still the old policy
     assert st["controller"]["running"] and st["policy_digest"] == digest2, st
     for name in ("first.allowed.test", "second.allowed.test"):  # fresh addresses: snooping still works
         _, res = bed.lookup_connect(name)
@@ -1020,10 +950,10 @@ def test_reload_keeps_dns_answers_flowing(bed, controller):
     hups = []
     try:
         for _ in range(15):
-            time.sleep(0.3)
+            time.sleep(0.3)  # the scenario: a SIGHUP every 0.3 s while the asker keeps asking
             hups.append(round(time.monotonic() - t_start, 3))
             ctl.proc.send_signal(signal.SIGHUP)
-        time.sleep(2.0)
+        time.sleep(2.0)  # the scenario: lookups go on through the last reloads
     finally:
         stop.set()
         asker.join(5)
@@ -1065,14 +995,7 @@ def _queue_chain_ok(bed: Bed, tool: str) -> bool:
     return rc == 0 and jump == 0 and (tool != "iptables-nft" or f"-s {SERVER4}/32 ! -i lo -p udp" in rules)
 
 
-def _wait(cond, timeout: float, step: float = 0.1) -> float | None:
-    t0 = time.monotonic()
-    while True:
-        if cond():
-            return time.monotonic() - t0
-        if time.monotonic() - t0 > timeout:
-            return None
-        time.sleep(step)
+_wait = time_until  # seconds until cond() held, or None
 
 
 @pytest.mark.parametrize("bed", ["iptables"], indirect=True)

@@ -12,7 +12,7 @@ import pytest
 
 from ramfw.daemon import audit
 from ramfw.daemon.audit import AuditLog, SourceLimiter, load_events
-from ramfw.backends.iptables.backend import table_part
+from ramfw.backends.iptables.render import table_part
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.plan import plan
 from ramfw.policy.load import parse_policy

@@ -4,7 +4,7 @@ The real packets are in tests/netns/test_attacks.py; these pin the rendered text
 that widens an exception is seen at once."""
 
 from ramfw.backends.nft import queue_fallback as xtqueue
-from ramfw.backends.iptables.backend import table_part
+from ramfw.backends.iptables.render import table_part
 from ramfw.backends.links import Links, connected_networks
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.backends.owned import OwnedElements

@@ -4,7 +4,8 @@ render from them."""
 import pytest
 
 from ramfw.backends import sni_rules
-from ramfw.backends.iptables.backend import IptablesBackend, is_our_jump
+from ramfw.backends.iptables.backend import IptablesBackend
+from ramfw.backends.iptables.render import is_our_jump
 from ramfw.backends.nft.backend import NftBackend
 from ramfw.errors import PolicyError
 from ramfw.plan import SNI_MASK, plan

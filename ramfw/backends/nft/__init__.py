@@ -1,5 +1,6 @@
-"""The nftables backend: renders the desired state as one nft script for table `inet ramfw`,
-applies it in one libnftables transaction (ctypes, one context per namespace), reads the
-kernel's ruleset back over netlink for drift checks, and installs an xtables NFQUEUE rule where
-the kernel's nftables lacks `queue`. Imports `ramfw.kernel`, `ramfw.plan`, the pure core.
+"""The nftables backend: render.py turns the desired state into one nft script for table
+`inet ramfw`; backend.py applies it in one libnftables transaction (libnft.py: ctypes, one
+context per namespace), reads the kernel's ruleset back over netlink for drift checks, and owns
+queue_fallback.py, the xtables NFQUEUE chain it installs, checks and removes where the kernel's
+nftables lacks `queue`. Imports `ramfw.kernel`, `ramfw.plan`, the pure core and `ramfw.common`.
 """

@@ -16,73 +16,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 from ramfw.errors import BackendError
-from ramfw.plan import DesiredState, Element, Rule
+from ramfw.plan import DesiredState, Element
 from ramfw.backends.base import Backend, KernelState, Probe
-from ramfw.backends import sni_rules
-from ramfw.backends.nft import sni_fallback
 from ramfw.backends.nft.libnft import NftContext
-from ramfw.backends.links import Links, is_loopback, read_links
+from ramfw.backends.nft import queue_fallback
+from ramfw.backends.nft import sni_fallback
+from ramfw.backends.nft.queue_fallback import QueueFallback
+from ramfw.backends.nft.render import FAMILY, META_CHAIN, TABLE, ChainText, NftRender, counter_names
+from ramfw.backends.links import Links, read_links
+from ramfw.backends.meta import parse_meta
 from ramfw.backends.owned import OwnedElements
 from ramfw.kernel.nftnl import NftElementWriter, NftReader
 
 log = logging.getLogger(__name__)
-
-TABLE = "ramfw"
-FAMILY = "inet"
-CHAIN_PRIORITY = "filter - 10"  # before Docker's filter rules (priority filter)
-DNS_PRIORITY = "filter - 20"  # see answers before anything accepts them as established
-CHAIN_FOR_HOOK = {"output": "output_filter", "forward": "forward_filter"}
-REFUSE_CHAIN = {"output": "refuse_output", "forward": "refuse_forward"}
-DNS_CHAIN = {"output": "dns_output", "input": "dns_input", "forward": "dns_forward"}
-SET_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
-ADDR = {4: "ip", 6: "ip6"}
-# Neighbour discovery is only valid with hop limit 255 (RFC 4861: a receiver drops anything
-# else) and only towards the link: link-local, link-scope multicast, or a neighbour on a
-# directly connected network. MLD travels with hop limit 1 to multicast groups (RFC 3810).
-# Neither may reach an address behind a gateway: that would be a tunnel to the internet.
-ND_TYPES = "nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert"
-MLD_TYPES = "mld-listener-query, mld-listener-report, mld-listener-done, mld2-listener-report"
-LINK_LOCAL6 = ("fe80::/10", "ff02::/16")
-DHCP6_SERVERS = ("ff02::1:2", "fe80::/10")  # All_DHCP_Relay_Agents_and_Servers; link-local unicast
-DHCP4_BROADCAST = ("255.255.255.255",)
-
-
-@dataclass
-class ChainText:
-    name: str
-    hook: str | None  # None for a regular (jump target) chain
-    priority: str = ""
-    rules: tuple[str, ...] = ()
-
-    def text(self) -> str:
-        head = []
-        if self.hook:
-            head.append(f"\t\ttype filter hook {self.hook} priority {self.priority}; policy accept;")
-        body = [f"\t\t{r}" for r in self.rules]
-        return "\n".join([f"\tchain {self.name} {{", *head, *body, "\t}"])
-
-
-def _elements_text(elements) -> str:
-    return ", ".join(f"{e.ip} timeout {e.timeout}s" for e in elements)
-
-
-def _addrs(values) -> str:
-    return "{ " + ", ".join(values) + " }"
-
-
-META_CHAIN = "policy_info"  # ("meta" is an nft keyword)
-
-
-def _meta_comment(desired: DesiredState) -> str:
-    return f"ramfw policy={desired.policy_digest} mode={desired.mode}{' audit=1' if desired.audit else ''} snoop={desired.dns.mode}"
-
-
-def parse_meta(comment: str) -> dict[str, str]:
-    return dict(kv.split("=", 1) for kv in comment.split() if "=" in kv)
-
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -127,6 +75,7 @@ class NftBackend(Backend):
         self._cgroup_id: int | None = None
         self._cgroup_missing = False
         self._sni_fallback_installed: bool | None = None  # None: not known yet (no apply in this process)
+        self.queue_fallback = QueueFallback(netns_name)
 
     @property
     def ctx(self) -> NftContext:
@@ -175,132 +124,16 @@ class NftBackend(Backend):
         finally:
             ctx.close()
 
-    # ---- rendering (pure) -------------------------------------------------------------------
+    # ---- rendering (pure: render.py) --------------------------------------------------------
+
+    def _renderer(self) -> NftRender:
+        return NftRender(self.features.get("queue", False), self.links, self._cgroup_missing)
 
     def chains(self, desired: DesiredState) -> list[ChainText]:
-        chains = []
-        for chain in desired.chains:
-            rules = [r for rule in chain.rules
-                     for r in (self._sni_text(desired, chain.hook) if rule.kind == "sni_bind" else self._rule_text(rule, chain.hook))]
-            chains.append(ChainText(CHAIN_FOR_HOOK[chain.hook], chain.hook, CHAIN_PRIORITY, tuple(rules)))
-            refuse = [f'counter name "{REFUSE_CHAIN[chain.hook]}"', f'log prefix "{chain.log_prefix} " group {desired.audit_group}']
-            if chain.final in ("drop", "accept"):
-                refuse.append(chain.final)
-            else:
-                refuse += ["meta l4proto tcp reject with tcp reset", "reject with icmpx admin-prohibited"]
-            chains.append(ChainText(REFUSE_CHAIN[chain.hook], None, rules=tuple(refuse)))
-        if desired.sni is not None:  # SNI binding's check chain, jumped to from both hooks
-            check = sni_rules.nft_check_chain(desired, self.features.get("queue", False))
-            chains.append(ChainText(sni_rules.NFT_CHECK_CHAIN, None, rules=tuple(check)))
-        chains += self._dns_chains(desired)
-        # never jumped to: carries what status reads back
-        chains.append(ChainText(META_CHAIN, None, rules=(f'counter comment "{_meta_comment(desired)}"',)))
-        return chains
-
-    def _sni_text(self, desired: DesiredState, hook: str) -> list[str]:
-        """SNI binding's rules (backends/sni_rules.py), narrowed to the scope's cgroup on output."""
-        path = _cgroup_path(desired) if hook == "output" and not self._cgroup_missing else None
-        cgroup = f'socket cgroupv2 level {path.count("/") + 1} "{path}"' if path else ""
-        return sni_rules.nft_rules(desired, self.features.get("queue", False), cgroup)
-
-    def _dns_chains(self, desired: DesiredState) -> list[ChainText]:
-        """Questions to the trusted servers are logged, answers from them held or copied.
-
-        An answer counts only if it arrived where its resolver really is: a resolver on a
-        loopback address over `lo`, any other over the interface the route back to it uses
-        (`fib saddr . iif oif`: a strict reverse-path check). The same source address arriving
-        over loopback, or from a container bridge, is a forgery by a process that knows the
-        question's tuple (it asked it) and holds CAP_NET_RAW: it is neither held nor credited."""
-        dns = desired.dns
-        if dns.mode == "off":
-            return []
-        action = self._dns_action(desired)
-        l4 = "meta l4proto { tcp, udp }"
-        queries, answers = [], []
-        for family, servers in ((4, dns.servers4), (6, dns.servers6)):
-            if not servers:
-                continue
-            queries.append(f"{ADDR[family]} daddr {_addrs(servers)} {l4} th dport 53 log group {dns.query_group}")
-            local = [s for s in servers if is_loopback(s)]
-            remote = [s for s in servers if not is_loopback(s)]
-            tail = f'{l4} th sport 53 counter name "dns_answers" {action}'.rstrip()
-            if remote:
-                answers.append(f'{ADDR[family]} saddr {_addrs(remote)} iifname != "lo" fib saddr . iif oif exists {tail}')
-            if local:
-                answers.append(f'{ADDR[family]} saddr {_addrs(local)} iifname "lo" {tail}')
-        chains = []
-        if "input" in dns.hooks:
-            chains.append(ChainText(DNS_CHAIN["output"], "output", DNS_PRIORITY, tuple(queries)))
-            chains.append(ChainText(DNS_CHAIN["input"], "input", DNS_PRIORITY, tuple(answers)))
-        if "forward" in dns.hooks:
-            chains.append(ChainText(DNS_CHAIN["forward"], "forward", DNS_PRIORITY, tuple(queries + answers)))
-        return chains
-
-    def _dns_action(self, desired: DesiredState) -> str:
-        dns = desired.dns
-        if dns.mode == "log":
-            return f"log group {dns.log_group}"
-        if dns.mode == "queue" and self.features.get("queue", False):
-            return f"queue num {dns.queue_num} bypass"
-        return ""  # queue through the xtables NFQUEUE fallback (see queue_fallback.py): count only
-
-    def _rule_text(self, rule: Rule, hook: str) -> list[str]:
-        refuse = f"goto {REFUSE_CHAIN[hook]}"
-        match rule.kind:
-            case "accept_established":
-                return ["ct state established,related accept"]
-            case "accept_loopback":
-                return ['oifname "lo" accept']
-            case "bypass_cgroup":
-                path = rule.args[0]
-                if self._cgroup_missing:
-                    # Not there yet (the engine starts after ramfw): nothing to bypass for,
-                    # so every process is filtered until it appears (fail closed)
-                    return []
-                return [f'socket cgroupv2 level {path.count("/") + 1} != "{path}" accept']
-            case "accept_internal":
-                return [f'oifname "{name}" accept' for name in rule.args]
-            case "accept_link_local":
-                # Only what the link protocols need, only towards the link (see ND_TYPES).
-                on6, on4 = self.links.onlink6, self.links.onlink4
-                return [
-                    f"icmpv6 type {{ {ND_TYPES} }} ip6 hoplimit 255 ip6 daddr {_addrs(LINK_LOCAL6 + on6)} accept",
-                    f"icmpv6 type {{ {MLD_TYPES} }} ip6 hoplimit 1 ip6 daddr ff00::/8 accept",
-                    f"meta nfproto ipv4 udp sport 68 udp dport 67 ip daddr {_addrs(DHCP4_BROADCAST + on4)} accept",
-                    f"meta nfproto ipv6 udp sport 546 udp dport 547 ip6 daddr {_addrs(DHCP6_SERVERS + on6)} accept",
-                ]
-            case "accept_published":
-                # Published ports: inbound connections DNATed to containers are not egress.
-                return ["ct status dnat accept"]
-            case "accept_dns":
-                return [f"{ADDR[rule.family]} daddr {_addrs(rule.args)} meta l4proto {{ tcp, udp }} th dport 53 accept"]
-            case "accept_cidrs":
-                return [f"{ADDR[rule.family]} daddr {_addrs(rule.args)} accept"]
-            case "accept_set":
-                return [f"{ADDR[rule.family]} daddr @{rule.args[0]} accept"]
-            case "refuse_set":
-                return [f"{ADDR[rule.family]} daddr @{rule.args[0]} {refuse}"]
-            case "refuse_all":
-                return [refuse]
-            case "accept_all":
-                return ["accept"]
-        raise ValueError(f"unknown rule kind {rule.kind}")
+        return self._renderer().chains(desired)
 
     def render(self, desired: DesiredState, counters: dict[str, dict[str, int]] | None = None) -> str:
-        lines = []
-        counters = counters or {}
-        for name in self._counter_names(desired):
-            # Carry the old counts across a reload so status figures do not reset.
-            old = counters.get(name, {})
-            lines.append(f"\tcounter {name} {{ packets {old.get('packets', 0)} bytes {old.get('bytes', 0)} }}")
-        for set_name, elements in desired.sets.items():
-            family = 6 if set_name.endswith("6") else 4
-            body = [f"\t\ttype {SET_TYPE[family]}", "\t\tflags timeout"]
-            if elements:
-                body.append(f"\t\telements = {{ {_elements_text(elements)} }}")
-            lines.append("\n".join([f"\tset {set_name} {{", *body, "\t}"]))
-        lines += [c.text() for c in self.chains(desired)]
-        return f"table {FAMILY} {TABLE} {{\n" + "\n".join(lines) + "\n}\n"
+        return self._renderer().render(desired, counters)
 
     # ---- applying ---------------------------------------------------------------------------
 
@@ -315,6 +148,9 @@ class NftBackend(Backend):
             log.warning("scope.cgroup %s does not exist yet: every process is filtered until it does (checked every "
                         "check interval)", _cgroup_path(desired))
         self._cgroup_missing = missing
+        if self._needs_queue_fallback(desired):
+            # first, so that a refusal leaves the table as it was (a check repairs the chain)
+            self.queue_fallback.install(desired.dns.servers4, desired.dns.servers6, desired.dns.queue_num)
         with self._reader() as r:
             exists = r.table_comment() is not None
             have_chains = r.chains() if exists else {}
@@ -331,7 +167,7 @@ class NftBackend(Backend):
             for set_name in have_sets:
                 verb = "flush" if set_name in desired.sets else "delete"
                 lines.append(f"{verb} set {FAMILY} {TABLE} {set_name}")
-            wanted_counters = set(self._counter_names(desired))
+            wanted_counters = set(counter_names(desired))
             for name in counters:
                 if name not in wanted_counters:
                     lines.append(f"delete counter {FAMILY} {TABLE} {name}")
@@ -346,20 +182,49 @@ class NftBackend(Backend):
                     "only there); create the cgroup, or on a host whose cgroup v2 tree is elsewhere use --backend iptables"
                 ) from None
             raise
-        if self._sni_fallback_needed(desired):
-            sni_fallback.install(self.netns_name, desired.sni.queue_num)
-        elif self._sni_fallback_installed or (self._sni_fallback_installed is None and self._sni_fallback_present()):
-            # turned off, or (first apply in this process) left by an earlier run
-            sni_fallback.remove(self.netns_name)
-        self._sni_fallback_installed = self._sni_fallback_needed(desired)
         # What was applied, as the kernel holds it: check() compares against this, by content.
         self._owned.reset({name: [e.ip for e in elems] for name, elems in desired.sets.items()})
         with self._reader() as r:
             self._applied = r.chain_digests()
+        if self._sni_fallback_needed(desired):  # SNI binding's xtables queue (sni_fallback.py)
+            sni_fallback.install(self.netns_name, desired.sni.queue_num)
+        elif self._sni_fallback_installed or (self._sni_fallback_installed is None and self._sni_fallback_present()):
+            sni_fallback.remove(self.netns_name)  # turned off, or left by an earlier run
+        self._sni_fallback_installed = self._sni_fallback_needed(desired)
+        if not self._needs_queue_fallback(desired):
+            try:
+                if self.queue_fallback.remove_if_present():
+                    log.info("removed the xtables DNS queue chain %s: snoop mode is %s now", queue_fallback.CHAIN, desired.dns.mode)
+            except BackendError as exc:
+                log.warning("could not remove the xtables DNS queue chain %s: %s", queue_fallback.CHAIN, exc)
         log.debug("applied table %s %s (%d elements)", FAMILY, TABLE, desired.element_count())
 
-    def _counter_names(self, desired: DesiredState) -> list[str]:
-        return sorted({REFUSE_CHAIN[c.hook] for c in desired.chains} | ({"dns_answers"} if desired.dns.mode != "off" else set()))
+    # ---- the DNS queue: nft `queue`, or the xtables fallback (queue_fallback.py) --------------
+
+    def queue_mechanism(self) -> str:
+        if self.features.get("queue"):
+            return "nft queue"
+        if queue_fallback.available():
+            return "xtables NFQUEUE (this kernel's nftables lacks queue)"
+        return ""
+
+    def _needs_queue_fallback(self, desired: DesiredState) -> bool:
+        return desired.dns.mode == "queue" and not self.features.get("queue", False)
+
+    def _sni_fallback_needed(self, desired: DesiredState) -> bool:
+        return desired.sni is not None and not self.features.get("queue", False)
+
+    def _sni_fallback_present(self) -> bool:
+        for family in ("ip", "ip6"):
+            try:
+                self.ctx.run(f"list chain {family} {sni_fallback.TABLE} {sni_fallback.CHAIN}\n")
+                return True
+            except BackendError:
+                pass
+        return False
+
+    def created_tables(self) -> list[str]:
+        return list(self.queue_fallback.created)
 
     def _writer(self) -> NftElementWriter:
         # one socket for the backend's life: the snooper adds elements many times a second
@@ -377,24 +242,21 @@ class NftBackend(Backend):
         for name, ips in elements.items():
             self._owned.remove(name, ips)
 
-    def _sni_fallback_present(self) -> bool:
-        for family in ("ip", "ip6"):
-            try:
-                self.ctx.run(f"list chain {family} {sni_fallback.TABLE} {sni_fallback.CHAIN}\n")
-                return True
-            except BackendError:
-                pass
-        return False
-
-    def _sni_fallback_needed(self, desired: DesiredState) -> bool:
-        return desired.sni is not None and not self.features.get("queue", False)
-
     def destroy(self) -> bool:
-        sni_fallback.remove(self.netns_name)
-        if not self._table_exists():
-            return False
-        self.ctx.run(f"delete table {FAMILY} {TABLE}\n")
-        return True
+        return bool(self.teardown())
+
+    def teardown(self, created_tables: list[str] = ()) -> list[str]:
+        removed = []
+        if self._table_exists():
+            self.ctx.run(f"delete table {FAMILY} {TABLE}\n")
+            removed.append(f"table {FAMILY} {TABLE}")
+        self.queue_fallback.created = sorted(set(self.queue_fallback.created) | set(created_tables))
+        self.queue_fallback.installed = None  # whatever this process did: look
+        if self.queue_fallback.remove_if_present():
+            removed.append(f"chain {queue_fallback.CHAIN} (iptables-nft {queue_fallback.TABLE})")
+        if self._sni_fallback_present() and sni_fallback.remove(self.netns_name):
+            removed.append(f"chain {sni_fallback.CHAIN} (iptables-nft {sni_fallback.TABLE})")
+        return removed
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -438,8 +300,6 @@ class NftBackend(Backend):
         if not state.installed:
             return [f"table {FAMILY} {TABLE} is missing"]
         problems = self._cgroup_problem(desired)
-        if self._sni_fallback_needed(desired):
-            problems += sni_fallback.problems(self.netns_name, desired.sni.queue_num)
         if state.meta.get("policy") != desired.policy_digest:
             problems.append(f"table {FAMILY} {TABLE} holds policy {state.meta.get('policy')} instead of {desired.policy_digest}")
         if self._applied:
@@ -467,4 +327,9 @@ class NftBackend(Backend):
             elif foreign.get(set_name):
                 ips = foreign[set_name]
                 problems.append(f"set {set_name} holds {len(ips)} element(s) ramfw did not add: {', '.join(ips[:5])}")
+        if self._needs_queue_fallback(desired):
+            problems += self.queue_fallback.problems(desired.dns.servers4, desired.dns.servers6, desired.dns.queue_num)
+        if self._sni_fallback_needed(desired):
+            problems += sni_fallback.problems(self.netns_name, desired.sni.queue_num)
         return problems
+

@@ -13,8 +13,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import subprocess
 
+from ramfw.common import proc
 from ramfw.kernel import netns
 from ramfw.errors import BackendError
 
@@ -99,11 +99,10 @@ class NftContext:
 
     def _run_cli(self, command: str, dry_run: bool) -> str:
         argv = ["nft"] + (["-c"] if dry_run else []) + ["-f", "-"]
-        with netns.entered(self.netns_name):
-            proc = subprocess.run(argv, input=command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BackendError(_first_error(proc.stderr, command))
-        return proc.stdout
+        result = proc.run(argv, command, inside=netns.entered(self.netns_name))
+        if result.returncode != 0:
+            raise BackendError(_first_error(result.stderr, command))
+        return result.stdout
 
 
 def _first_error(err: str, command: str) -> str:

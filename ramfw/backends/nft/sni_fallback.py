@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 
 from ramfw.backends.nft.queue_fallback import TOOLS, _run, available
+from ramfw.common import proc
 from ramfw.errors import BackendError
 from ramfw.kernel import netns
 from ramfw.plan import SNI_MASK, SNI_PASS, SNI_PENDING, SNI_REFUSE
@@ -103,15 +103,13 @@ def remove(netns_name: str | None) -> bool:
 
 
 def _delete_if_noop(netns_name, family: str) -> None:
-    with netns.entered(netns_name):
-        proc = subprocess.run(["nft", "-j", "list", "table", family, TABLE], capture_output=True, text=True)
-    if proc.returncode != 0:
+    listed = proc.run(["nft", "-j", "list", "table", family, TABLE], inside=netns.entered(netns_name))
+    if listed.returncode != 0:
         return
-    items = json.loads(proc.stdout)["nftables"]
+    items = json.loads(listed.stdout)["nftables"]
     chains = [i["chain"] for i in items if "chain" in i]
     if any("rule" in i or "set" in i or "map" in i for i in items):
         return
     if any("hook" not in c or c.get("policy", "accept") != "accept" for c in chains):
         return
-    with netns.entered(netns_name):
-        subprocess.run(["nft", "delete", "table", family, TABLE], capture_output=True)
+    proc.run(["nft", "delete", "table", family, TABLE], inside=netns.entered(netns_name))
