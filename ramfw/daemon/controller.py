@@ -36,7 +36,10 @@ class Controller:
     threads   main loop (this class): reload, refresh (resolution), repair, gc, state files,
               heartbeat, sd_notify; `snoop`: reads DNS queries and answers, credits answers,
               programs their addresses and only then releases them; `audit`: records refused
-              packets; `metrics`: serves scrapes (one short-lived thread per connection).
+              packets; `sni` (daemon/sni.py, only with [tls] sni on): judges each TLS
+              connection's first payload, its assembler owned by it alone, its events through
+              the audit log's locked record(); `metrics`: serves scrapes (one short-lived
+              thread per connection).
     state     the DNS cache and every counter lock themselves; the policy generation (policy,
               desired state, snoop mode) is replaced whole by Enforcer.commit() and only read
               elsewhere; the refresh schedule has its own lock; the snooper's question tracker,
