@@ -31,7 +31,7 @@ from typing import Callable
 from ramfw.kernel import netns
 from ramfw.daemon import state as state_file
 from ramfw.common.logs import fields
-from ramfw.kernel.nfnetlink import NfLog
+from ramfw.kernel.nflog import NfLog
 
 log = logging.getLogger(__name__)
 

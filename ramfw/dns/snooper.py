@@ -38,7 +38,9 @@ from ramfw.dns.wire import (
     resolve_chain,
 )
 from ramfw.common.logs import RepeatedLog
-from ramfw.kernel.nfnetlink import NetlinkError, NfLog, NfQueue
+from ramfw.kernel.netlink import NetlinkError
+from ramfw.kernel.nflog import NfLog
+from ramfw.kernel.nfqueue import NfQueue
 
 log = logging.getLogger(__name__)
 
