@@ -63,11 +63,9 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("!BBH")
 _NLAHDR = struct.Struct("=HH")
 _NLMSGERR = struct.Struct("=i")
-_BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 _BE64 = struct.Struct("!Q")
 
-NLMSGHDR_SIZE = _NLMSGHDR.size
 NFGENMSG_SIZE = _NFGENMSG.size
 _MAX_LOSSES_PER_RECEIVE = 8
 
@@ -150,11 +148,6 @@ def attr_table(buf, start: int = 0, end: int | None = None) -> dict[int, tuple[i
     return table
 
 
-def attr_be16(buf, table: dict, attr_type: int) -> int | None:
-    span = table.get(attr_type)
-    return _BE16.unpack_from(buf, span[0])[0] if span and span[1] - span[0] >= 2 else None
-
-
 def attr_be32(buf, table: dict, attr_type: int) -> int | None:
     span = table.get(attr_type)
     return _BE32.unpack_from(buf, span[0])[0] if span and span[1] - span[0] >= 4 else None
@@ -171,11 +164,6 @@ def attr_str(buf, table: dict, attr_type: int) -> str:
     if span is None:
         return ""
     return bytes(buf[span[0]:span[1]]).split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-def attr_bytes(buf, table: dict, attr_type: int) -> bytes | None:
-    span = table.get(attr_type)
-    return bytes(buf[span[0]:span[1]]) if span else None
 
 
 def error_code(buf, start: int, end: int) -> int:

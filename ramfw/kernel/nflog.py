@@ -7,8 +7,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from ramfw.kernel.netlink import NFGENMSG_SIZE, attr_be32, attr_str, attr_table, nla_be32, nla_pack
-from ramfw.kernel.subscription import Subscription
+from ramfw.kernel.netlink import attr_be32, attr_str, nla_be32, nla_pack
+from ramfw.kernel.subscription import Subscription, packet_attrs
 
 NFNL_SUBSYS_ULOG = 4
 
@@ -61,13 +61,10 @@ class LoggedPacket:
 
 def parse_log_packet(buf, start: int, end: int, *, with_uid: bool = True) -> LoggedPacket | None:
     """Decode the payload (nfgenmsg + attributes) of an NFULNL_MSG_PACKET message."""
-    if end - start < NFGENMSG_SIZE or end > len(buf):
+    found = packet_attrs(buf, start, end, NFULA_PACKET_HDR, _PACKET_HDR)
+    if found is None:
         return None
-    table = attr_table(buf, start + NFGENMSG_SIZE, end)
-    hdr = table.get(NFULA_PACKET_HDR)
-    if hdr is None or hdr[1] - hdr[0] < _PACKET_HDR.size:
-        return None
-    hw_protocol, hook = _PACKET_HDR.unpack_from(buf, hdr[0])
+    table, (hw_protocol, hook) = found
     span = table.get(NFULA_PAYLOAD)
     timestamp = None
     stamp = table.get(NFULA_TIMESTAMP)

@@ -10,15 +10,13 @@ import struct
 from dataclasses import dataclass
 
 from ramfw.kernel.netlink import (
-    NFGENMSG_SIZE,
     NetlinkError,
     attr_be32,
-    attr_table,
     nfnl_msg_pack,
     nla_be32,
     nla_pack,
 )
-from ramfw.kernel.subscription import Subscription
+from ramfw.kernel.subscription import Subscription, packet_attrs
 
 NFNL_SUBSYS_QUEUE = 3
 
@@ -79,13 +77,10 @@ class QueuedPacket:
 
 def parse_queue_packet(buf, start: int, end: int) -> QueuedPacket | None:
     """Decode the payload (nfgenmsg + attributes) of an NFQNL_MSG_PACKET message."""
-    if end - start < NFGENMSG_SIZE or end > len(buf):
+    found = packet_attrs(buf, start, end, NFQA_PACKET_HDR, _PACKET_HDR)
+    if found is None:
         return None
-    table = attr_table(buf, start + NFGENMSG_SIZE, end)
-    hdr = table.get(NFQA_PACKET_HDR)
-    if hdr is None or hdr[1] - hdr[0] < _PACKET_HDR.size:
-        return None
-    packet_id, hw_protocol, hook = _PACKET_HDR.unpack_from(buf, hdr[0])
+    table, (packet_id, hw_protocol, hook) = found
     span = table.get(NFQA_PAYLOAD)
     return QueuedPacket(
         packet_id=packet_id,

@@ -12,16 +12,18 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import struct
 
 from ramfw.kernel import netns
 from ramfw.kernel.netlink import (
     NLM_F_CREATE,
     NetlinkError,
     NetlinkSocket,
+    attr_be32,
+    attr_be64,
     attr_str,
     attr_table,
     iter_nlattrs,
+    nla_be32,
     nla_be64,
     nla_nested,
     nla_pack,
@@ -33,10 +35,6 @@ NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GET
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
 NFT_OBJECT_COUNTER = 1
 HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
-
-_U32 = struct.Struct("!I")
-_U64 = struct.Struct("!Q")
-
 
 def _str(buf, s, e) -> str:
     return bytes(buf[s:e]).split(b"\0", 1)[0].decode(errors="replace")
@@ -114,7 +112,7 @@ class NftReader:
             if 4 in a:
                 h = attr_table(body, *a[4])
                 if 1 in h:
-                    hook = HOOKS.get(_U32.unpack_from(body, h[1][0])[0], "?")
+                    hook = HOOKS.get(attr_be32(body, h, 1), "?")
             out[attr_str(body, a, 3)] = hook
         return out
 
@@ -182,14 +180,14 @@ class NftReader:
         return names
 
     def counters(self) -> dict[str, dict[str, int]]:
-        attrs = self._table_attr(1) + nla_pack(3, _U32.pack(NFT_OBJECT_COUNTER))
+        attrs = self._table_attr(1) + nla_be32(3, NFT_OBJECT_COUNTER)
         out = {}
         for body in self._request(NFT_MSG_GETOBJ, attrs, dump=True):
             a = attr_table(body, 0, len(body))
             if attr_str(body, a, 1) != self.table or 2 not in a or 4 not in a:
                 continue
             d = attr_table(body, *a[4])
-            get = lambda k: _U64.unpack_from(body, d[k][0])[0] if k in d else 0  # noqa: E731
+            get = lambda k: attr_be64(body, d, k) or 0  # noqa: E731
             out[attr_str(body, a, 2)] = {"packets": get(2), "bytes": get(1)}
         return out
 
@@ -212,7 +210,7 @@ class NftReader:
                 raw = bytes(body[ks:ke])
                 if len(raw) not in (4, 16):
                     continue
-                expires = _U64.unpack_from(body, el[5][0])[0] // 1000 if 5 in el else 0
+                expires = (attr_be64(body, el, 5) or 0) // 1000
                 out[str(ipaddress.ip_address(raw))] = int(expires)
         return out
 

@@ -11,10 +11,23 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 
-from ramfw.kernel.netlink import NetlinkError, NetlinkSocket
+from ramfw.kernel.netlink import NFGENMSG_SIZE, NetlinkError, NetlinkSocket, attr_table
 
 _MIN_BUFSIZE = 256 * 1024
+
+
+def packet_attrs(buf, start: int, end: int, header_attr: int, header: struct.Struct):
+    """(attribute table, unpacked packet header) of a packet message's payload (nfgenmsg +
+    attributes), or None when it lacks the header: such a message is counted as malformed."""
+    if end - start < NFGENMSG_SIZE or end > len(buf):
+        return None
+    table = attr_table(buf, start + NFGENMSG_SIZE, end)
+    span = table.get(header_attr)
+    if span is None or span[1] - span[0] < header.size:
+        return None
+    return table, header.unpack_from(buf, span[0])
 
 
 class Subscription(NetlinkSocket):
