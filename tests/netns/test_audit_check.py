@@ -87,3 +87,31 @@ def test_explain_shows_cname_chain_and_learned_names(enforced):
     data = json.loads(run_ramfw("explain", "alias.allowed.test", "--netns", tb.client, "--json", check=0).stdout)
     assert data["verdict"] == "allowed"
     assert data["reasons"][0].startswith("allow entry 'alias.allowed.test'")
+
+
+def test_ipv6_fragment_is_attributed_to_its_protocol_and_port(enforced):
+    """A refused IPv6 packet behind a fragment header (the first fragment of a TCP SYN, sent raw:
+    the kernel logs it with the header in place) becomes an event with its real protocol and
+    port, not protocol 44 without a port."""
+    import socket
+    import struct
+
+    from ramfw.kernel import netns
+    from testbed import CLIENT6
+
+    tb, _ctl, _ = enforced
+    dst = "2001:db8:100::30"
+    frag = struct.pack("!BBHI", socket.IPPROTO_TCP, 0, 1, 0x5241)  # offset 0, more fragments follow
+    syn = struct.pack("!HHIIBBHHH", 40001, 8443, 1, 0, 0x50, 0x02, 65535, 0, 0)
+    head = struct.pack("!IHBB16s16s", 6 << 28, len(frag + syn), 44, 64,
+                       socket.inet_pton(socket.AF_INET6, CLIENT6), socket.inet_pton(socket.AF_INET6, dst))
+    with netns.entered(tb.client):
+        raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with raw:
+        try:
+            raw.sendto(head + frag + syn, (dst, 0))
+        except PermissionError:
+            pass  # refused in the output hook: the kernel says so to the sender
+    evs = wait_for(lambda: [e for e in events(tb.client) if e["dst"] == dst])
+    assert evs, events(tb.client)
+    assert (evs[0]["src"], evs[0]["proto"], evs[0]["dport"], evs[0]["action"]) == (CLIENT6, "tcp", 8443, "refused")
