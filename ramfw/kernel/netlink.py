@@ -63,6 +63,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("!BBH")
 _NLAHDR = struct.Struct("=HH")
 _NLMSGERR = struct.Struct("=i")
+_BE16 = struct.Struct("!H")
 _BE32 = struct.Struct("!I")
 _BE64 = struct.Struct("!Q")
 
@@ -146,6 +147,11 @@ def attr_table(buf, start: int = 0, end: int | None = None) -> dict[int, tuple[i
     for attr_type, s, e in iter_nlattrs(buf, start, len(buf) if end is None else end):
         table.setdefault(attr_type, (s, e))
     return table
+
+
+def attr_be16(buf, table: dict, attr_type: int) -> int | None:
+    span = table.get(attr_type)
+    return _BE16.unpack_from(buf, span[0])[0] if span and span[1] - span[0] >= 2 else None
 
 
 def attr_be32(buf, table: dict, attr_type: int) -> int | None:
