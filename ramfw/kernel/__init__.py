@@ -1,6 +1,9 @@
-"""Talking to the Linux kernel without policy: entering network namespaces (netns), the one
-netlink core every netlink client uses (netlink: framing, request/ack/dump with timeouts), the
-NFQUEUE and NFLOG subscriptions (nfqueue, nflog), nf_tables reads and element writes (nftnl),
-the one packet-header parser (packet), conntrack (ctnetlink over the same core). Knows packets
-and sockets, not registries: imports only `ramfw.errors`, `ramfw.common` and the standard library.
+"""Talking to the Linux kernel without policy: entering network namespaces, netlink (nfnetlink
+queue and log, nf_tables reads), conntrack. Knows packets and sockets, not registries: imports
+only `ramfw.errors`, `ramfw.common` and the standard library.
+
+One netlink core (netlink: framing, request/ack/dump, every receive with a timeout) serves every
+netlink client: NFQUEUE and NFLOG (nfqueue, nflog over subscription), nf_tables reads and element
+writes (nftnl), conntrack, and ipset in backends/iptables. One packet-header parser (packet)
+serves the DNS snooper and audit events.
 """
