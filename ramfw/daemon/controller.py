@@ -76,9 +76,9 @@ class Controller:
               per-host counts likewise, copied whole by the metrics thread.
     kernel    Enforcer.kernel_lock serialises ramfw's kernel writes (element batches, ruleset
               transactions) and is held across nothing else: no lock is held across resolution,
-              conntrack dumps, state files, HTTP or subprocesses. Every netlink receive goes
-              through one core (kernel/netlink.py, conntrack dumps included) and has a timeout;
-              a main loop stuck anywhere else is ended by the stall guard below.
+              conntrack dumps, state files, HTTP or subprocesses. Every receive on ramfw's own
+              netlink sockets has a timeout; pyroute2's conntrack dump has none, and a main loop
+              stuck in it is ended by the stall guard below.
     failure   every thread runs under a Worker (threads.py): an exception is logged with its
               traceback and counted; a thread that died or stopped making progress ends the
               process with exit status 1 (systemd restarts it; the rules stay in force), and the
