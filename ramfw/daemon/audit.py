@@ -16,12 +16,10 @@ torn line (a crash mid-write, a full disk) costs only itself when the file is re
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import json
 import logging
 import os
 import selectors
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -31,7 +29,8 @@ from typing import Callable
 from ramfw.kernel import netns
 from ramfw.daemon import state as state_file
 from ramfw.common.logs import fields
-from ramfw.kernel.nfnetlink import NfLog
+from ramfw.kernel.nflog import NfLog
+from ramfw.kernel.packet import destination_port, parse_ip
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +56,13 @@ MAX_SOURCES = 4096  # buckets kept (least recently used dropped beyond)
 
 
 def parse_header(data: bytes) -> dict | None:
-    """src, dst, proto, dport of a raw IP packet (enough for an event); None if unreadable."""
-    try:
-        version = data[0] >> 4
-        if version == 4:
-            ihl = (data[0] & 0x0F) * 4
-            proto = data[9]
-            src, dst = ipaddress.ip_address(data[12:16]), ipaddress.ip_address(data[16:20])
-            l4 = ihl
-        elif version == 6:
-            proto = data[6]
-            src, dst = ipaddress.ip_address(data[8:24]), ipaddress.ip_address(data[24:40])
-            l4 = 40
-            while proto in (0, 43, 60) and len(data) >= l4 + 2:  # skip extension headers
-                proto, l4 = data[l4], l4 + (data[l4 + 1] + 1) * 8
-        else:
-            return None
-        dport = struct.unpack_from("!H", data, l4 + 2)[0] if proto in (6, 17, 132) and len(data) >= l4 + 4 else None
-        return {"src": str(src), "dst": str(dst), "proto": PROTOS.get(proto, str(proto)), "dport": dport}
-    except (IndexError, ValueError, struct.error):
+    """src, dst, proto, dport of a raw IP packet (enough for an event); None if unreadable.
+    IPv6 extension headers, the fragment header included, are walked to the real protocol."""
+    head = parse_ip(data)
+    if head is None:
         return None
+    return {"src": str(head.src), "dst": str(head.dst), "proto": PROTOS.get(head.proto, str(head.proto)),
+            "dport": destination_port(data, head)}
 
 
 def events_path(netns_name: str | None) -> str:

@@ -16,10 +16,10 @@ import logging
 import os
 import socket
 import ssl
-import tempfile
 import time
 import urllib.parse
 
+from ramfw.common.files import write_atomic
 from ramfw.kernel import netns
 from ramfw.errors import PolicyError, RamfwError, UsageError
 from ramfw.policy.model import MAX_POLICY_BYTES, Policy
@@ -29,6 +29,7 @@ from ramfw.dns.resolver import Resolver, read_nameservers
 log = logging.getLogger(__name__)
 
 CACHE_DIR = os.environ.get("RAMFW_CACHE_DIR", "/var/lib/ramfw")
+CACHE_FILE_MODE = 0o600  # the last good policy and its fetch metadata, as they always were (mkstemp's mode)
 
 
 def is_url(spec: str | None) -> bool:
@@ -217,7 +218,4 @@ def _is_ip(host: str) -> bool:
 
 def _write_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, CACHE_FILE_MODE)

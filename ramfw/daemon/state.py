@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 
+from ramfw.common.files import write_atomic
 from ramfw.kernel import netns
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ def state_dir(netns_name: str | None) -> str:
 # state.json: written at each apply (policy, cache, conflicts); controller.json: the running
 # controller's heartbeat and counters, rewritten every few seconds (kept small on purpose).
 FILES = ("state.json", "controller.json")
+FILE_MODE = 0o600  # what they always had (mkstemp's mode): they name hosts, addresses and uids
 
 
 def state_path(netns_name: str | None, name: str = "state.json") -> str:
@@ -96,17 +97,7 @@ def write_state(netns_name: str | None, data: dict, name: str = "state.json") ->
     try:
         directory = state_dir(netns_name)
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, json.dumps(data, indent=1, sort_keys=True), FILE_MODE)
     except OSError as exc:
         write_failures.failed(path, exc)
         return False

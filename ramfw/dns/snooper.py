@@ -24,21 +24,13 @@ from collections import OrderedDict
 from typing import Callable
 
 from ramfw.kernel import netns
-from ramfw.dns.wire import (
-    PROTO_UDP,
-    TCP_FIN,
-    TCP_RST,
-    MalformedPacket,
-    Question,
-    TcpDnsReassembler,
-    ip_text,
-    parse_ip_packet,
-    parse_message,
-    parse_query,
-    resolve_chain,
-)
+from ramfw.dns.stream import TcpDnsReassembler
+from ramfw.dns.wire import MalformedPacket, Question, parse_message, parse_query, resolve_chain
 from ramfw.common.logs import RepeatedLog
-from ramfw.kernel.nfnetlink import NetlinkError, NfLog, NfQueue
+from ramfw.kernel.nflog import NfLog
+from ramfw.kernel.netlink import NetlinkError
+from ramfw.kernel.nfqueue import NfQueue
+from ramfw.kernel.packet import PROTO_UDP, TCP_FIN, TCP_RST, ip_text, parse_packet
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +160,8 @@ class Snooper:
     # ---- packets ----------------------------------------------------------------------------
 
     def on_query(self, payload: bytes) -> None:
-        try:
-            pkt = parse_ip_packet(payload)
-        except MalformedPacket:
+        pkt = parse_packet(payload)
+        if pkt is None:
             self.counters["malformed"] += 1
             return
         server = ip_text(pkt.dst)
@@ -208,9 +199,8 @@ class Snooper:
             return "error"
 
     def _on_answer(self, payload: bytes, final: bool) -> str:
-        try:
-            pkt = parse_ip_packet(payload)
-        except MalformedPacket:
+        pkt = parse_packet(payload)
+        if pkt is None:
             self.counters["malformed"] += 1
             return "malformed"
         server, client = ip_text(pkt.src), ip_text(pkt.dst)

@@ -12,43 +12,32 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import socket
-import struct
 
 from ramfw.kernel import netns
-from ramfw.errors import BackendError
-from ramfw.kernel.nfnetlink import (
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    NETLINK_NETFILTER,
+from ramfw.kernel.netlink import (
+    NLM_F_CREATE,
+    NetlinkError,
+    NetlinkSocket,
+    attr_be32,
+    attr_be64,
+    attr_str,
+    attr_table,
     iter_nlattrs,
-    iter_nlmsgs,
-    nfnl_msg_pack,
+    nla_be32,
+    nla_be64,
+    nla_nested,
     nla_pack,
+    nla_str,
 )
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETTABLE, NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET, NFT_MSG_GETSETELEM, NFT_MSG_GETOBJ = 1, 4, 7, 10, 13, 19
-NLM_F_DUMP = 0x300
 NFPROTO = {"inet": 1, "ip": 2, "ip6": 10}
 NFT_OBJECT_COUNTER = 1
 HOOKS = {0: "prerouting", 1: "input", 2: "forward", 3: "output", 4: "postrouting"}
 
-_U32 = struct.Struct("!I")
-_U64 = struct.Struct("!Q")
-
-
 def _str(buf, s, e) -> str:
     return bytes(buf[s:e]).split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _attrs(buf, s, e) -> dict[int, tuple[int, int]]:
-    out: dict[int, tuple[int, int]] = {}
-    for t, a, b in iter_nlattrs(buf, s, e):
-        out.setdefault(t, (a, b))
-    return out
 
 
 def _udata_strings(buf, s: int, e: int, wanted: int) -> list[str]:
@@ -62,7 +51,11 @@ def _udata_strings(buf, s: int, e: int, wanted: int) -> list[str]:
     return out
 
 
-NETLINK_TIMEOUT = 5.0
+class _NftSocket(NetlinkSocket):
+    what = "nf_tables"
+
+    def explain(self, action: str, err: int) -> NetlinkError:
+        return NetlinkError(f"nf_tables refused the {action}: {os.strerror(err)}", err)
 
 
 class NftReader:
@@ -72,11 +65,7 @@ class NftReader:
         self.family = NFPROTO[family]
         self.table = table
         with netns.entered(netns_name):
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(NETLINK_TIMEOUT)  # a kernel that never answers must not hang a thread
-        self.seq = 0
-        self.buf = bytearray(1 << 20)
+            self.sock = _NftSocket()
 
     def close(self) -> None:
         self.sock.close()
@@ -87,42 +76,15 @@ class NftReader:
     def __exit__(self, *exc):
         self.close()
 
-    def _request(self, msg: int, attrs: bytes, dump: bool) -> list[tuple[int, int]]:
-        """Send one request; return the (start, end) of every reply payload (after nfgenmsg)."""
-        self.seq += 1
-        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
-        self.sock.send(nfnl_msg_pack(NFNL_SUBSYS_NFTABLES, msg, self.family, 0, attrs, seq=self.seq, flags=flags))
-        replies: list[bytes] = []
-        while True:
-            n = self._recv()
-            done = False
-            for mtype, _flags, seq, s, e in iter_nlmsgs(self.buf, n):
-                if seq != self.seq:
-                    continue
-                if mtype == NLMSG_DONE:
-                    done = True
-                elif mtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", self.buf, s)[0]
-                    if code == 0:
-                        done = True
-                    elif code == errno.ENOENT:
-                        return []
-                    else:
-                        raise BackendError(f"nf_tables netlink read failed: {os.strerror(code)}")
-                else:
-                    replies.append(bytes(self.buf[s + 4 : e]))  # skip nfgenmsg
-                    if not dump:
-                        done = True
-            if done:
-                return replies  # type: ignore[return-value]
-
-    def _recv(self) -> int:
+    def _request(self, msg: int, attrs: bytes, dump: bool) -> list[bytes]:
+        """One request (or dump); the attributes of every reply. An object that does not exist
+        (ENOENT) answers nothing."""
         try:
-            return self.sock.recv_into(self.buf)
-        except TimeoutError:
-            raise BackendError(f"nf_tables netlink: no answer from the kernel in {NETLINK_TIMEOUT:g} s") from None
-        except OSError as exc:
-            raise BackendError(f"nf_tables netlink receive failed: {exc.strerror or exc}") from None
+            return self.sock.request(NFNL_SUBSYS_NFTABLES, msg, self.family, attrs, "ruleset read", dump=dump)
+        except NetlinkError as exc:
+            if exc.errno == errno.ENOENT:
+                return []
+            raise
 
     def _table_attr(self, kind: int) -> bytes:
         return nla_pack(kind, self.table.encode() + b"\0")
@@ -135,7 +97,7 @@ class NftReader:
         if not replies:
             return None
         body = replies[0]
-        a = _attrs(body, 0, len(body))
+        a = attr_table(body, 0, len(body))
         found = _udata_strings(body, *a[6], wanted=0) if 6 in a else []  # NFTA_TABLE_USERDATA
         return found[0] if found else ""
 
@@ -143,24 +105,24 @@ class NftReader:
         """chain name -> hook name (None for regular chains)."""
         out: dict[str, str | None] = {}
         for body in self._request(NFT_MSG_GETCHAIN, self._table_attr(1), dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(1, (0, 0))) != self.table or 3 not in a:
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 1) != self.table or 3 not in a:
                 continue
             hook = None
             if 4 in a:
-                h = _attrs(body, *a[4])
+                h = attr_table(body, *a[4])
                 if 1 in h:
-                    hook = HOOKS.get(_U32.unpack_from(body, h[1][0])[0], "?")
-            out[_str(body, *a[3])] = hook
+                    hook = HOOKS.get(attr_be32(body, h, 1), "?")
+            out[attr_str(body, a, 3)] = hook
         return out
 
     def rule_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for body in self._request(NFT_MSG_GETRULE, self._table_attr(1), dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(1, (0, 0))) != self.table or 2 not in a:
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 1) != self.table or 2 not in a:
                 continue
-            chain = _str(body, *a[2])
+            chain = attr_str(body, a, 2)
             counts[chain] = counts.get(chain, 0) + 1
         return counts
 
@@ -169,8 +131,8 @@ class NftReader:
         attrs = self._table_attr(1) + nla_pack(2, chain.encode() + b"\0")
         out = []
         for body in self._request(NFT_MSG_GETRULE, attrs, dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(2, (0, 0))) != chain or 7 not in a:
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 2) != chain or 7 not in a:
                 continue
             out += _udata_strings(body, *a[7], wanted=0)
         return out
@@ -185,21 +147,21 @@ class NftReader:
 
         digests: dict[str, "hashlib._Hash"] = {}
         for body in self._request(NFT_MSG_GETCHAIN, self._table_attr(1), dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(1, (0, 0))) != self.table or 3 not in a:
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 1) != self.table or 3 not in a:
                 continue
-            h = digests.setdefault(_str(body, *a[3]), hashlib.sha256())
+            h = digests.setdefault(attr_str(body, a, 3), hashlib.sha256())
             for key in (4, 5):  # NFTA_CHAIN_HOOK (hook number, priority), NFTA_CHAIN_POLICY
                 h.update(bytes([key]) + (bytes(body[slice(*a[key])]) if key in a else b"-"))
         for body in self._request(NFT_MSG_GETRULE, self._table_attr(1), dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(1, (0, 0))) != self.table or 2 not in a:
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 1) != self.table or 2 not in a:
                 continue
-            h = digests.setdefault(_str(body, *a[2]), hashlib.sha256())
+            h = digests.setdefault(attr_str(body, a, 2), hashlib.sha256())
             h.update(b"\nrule")
             for _t, s, e in iter_nlattrs(body, *a.get(4, (0, 0))):  # NFTA_RULE_EXPRESSIONS
-                ex = _attrs(body, s, e)
-                name = _str(body, *ex.get(1, (0, 0)))
+                ex = attr_table(body, s, e)
+                name = attr_str(body, ex, 1)
                 h.update(b"|" + name.encode())
                 if name != "counter" and 2 in ex:
                     h.update(bytes(body[slice(*ex[2])]))
@@ -210,23 +172,23 @@ class NftReader:
     def sets(self) -> list[str]:
         names = []
         for body in self._request(NFT_MSG_GETSET, self._table_attr(1), dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(1, (0, 0))) == self.table and 2 in a:
-                name = _str(body, *a[2])
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 1) == self.table and 2 in a:
+                name = attr_str(body, a, 2)
                 if not name.startswith("__set"):  # anonymous sets of rules like `ip daddr { … }`
                     names.append(name)
         return names
 
     def counters(self) -> dict[str, dict[str, int]]:
-        attrs = self._table_attr(1) + nla_pack(3, _U32.pack(NFT_OBJECT_COUNTER))
+        attrs = self._table_attr(1) + nla_be32(3, NFT_OBJECT_COUNTER)
         out = {}
         for body in self._request(NFT_MSG_GETOBJ, attrs, dump=True):
-            a = _attrs(body, 0, len(body))
-            if _str(body, *a.get(1, (0, 0))) != self.table or 2 not in a or 4 not in a:
+            a = attr_table(body, 0, len(body))
+            if attr_str(body, a, 1) != self.table or 2 not in a or 4 not in a:
                 continue
-            d = _attrs(body, *a[4])
-            get = lambda k: _U64.unpack_from(body, d[k][0])[0] if k in d else 0  # noqa: E731
-            out[_str(body, *a[2])] = {"packets": get(2), "bytes": get(1)}
+            d = attr_table(body, *a[4])
+            get = lambda k: attr_be64(body, d, k) or 0  # noqa: E731
+            out[attr_str(body, a, 2)] = {"packets": get(2), "bytes": get(1)}
         return out
 
     def elements(self, set_name: str) -> dict[str, int]:
@@ -234,39 +196,37 @@ class NftReader:
         attrs = nla_pack(1, self.table.encode() + b"\0") + nla_pack(2, set_name.encode() + b"\0")
         out: dict[str, int] = {}
         for body in self._request(NFT_MSG_GETSETELEM, attrs, dump=True):
-            a = _attrs(body, 0, len(body))
+            a = attr_table(body, 0, len(body))
             if 3 not in a:
                 continue
             for _t, s, e in iter_nlattrs(body, *a[3]):  # NFTA_LIST_ELEM
-                el = _attrs(body, s, e)
+                el = attr_table(body, s, e)
                 if 1 not in el:
                     continue
-                key = _attrs(body, *el[1])
+                key = attr_table(body, *el[1])
                 if 1 not in key:
                     continue
                 ks, ke = key[1]
                 raw = bytes(body[ks:ke])
                 if len(raw) not in (4, 16):
                     continue
-                expires = _U64.unpack_from(body, el[5][0])[0] // 1000 if 5 in el else 0
+                expires = (attr_be64(body, el, 5) or 0) // 1000
                 out[str(ipaddress.ip_address(raw))] = int(expires)
         return out
 
 
 # ---- element writes (the snooper's hot path) -------------------------------------------------
 
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NLM_F_CREATE = 0x400
 _MAX_ELEMENTS_PER_MESSAGE = 1000
 
 
 def _elem(ip: str, timeout_ms: int | None) -> bytes:
     raw = ipaddress.ip_address(ip).packed
-    body = nla_pack(1 | 0x8000, nla_pack(1, raw))  # NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE }
+    body = nla_nested(1, nla_pack(1, raw))  # NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE }
     if timeout_ms is not None:
-        body += nla_pack(4, _U64.pack(timeout_ms))  # NFTA_SET_ELEM_TIMEOUT
-    return nla_pack(1 | 0x8000, body)  # NFTA_LIST_ELEM
+        body += nla_be64(4, timeout_ms)  # NFTA_SET_ELEM_TIMEOUT
+    return nla_nested(1, body)  # NFTA_LIST_ELEM
 
 
 class NftElementWriter(NftReader):
@@ -275,34 +235,10 @@ class NftElementWriter(NftReader):
 
     def _batch(self, messages: list[tuple[int, int, bytes]]) -> None:
         """messages: (msg type, extra flags, attrs); all or nothing."""
-        self.seq += 1
-        first = self.seq
-        parts = [nfnl_msg_pack(0, NFNL_MSG_BATCH_BEGIN, 0, NFNL_SUBSYS_NFTABLES, b"", seq=first)]
-        for msg, flags, attrs in messages:
-            self.seq += 1
-            parts.append(nfnl_msg_pack(NFNL_SUBSYS_NFTABLES, msg, self.family, 0, attrs, seq=self.seq,
-                                       flags=NLM_F_REQUEST | NLM_F_ACK | flags))
-        self.seq += 1
-        parts.append(nfnl_msg_pack(0, NFNL_MSG_BATCH_END, 0, NFNL_SUBSYS_NFTABLES, b"", seq=self.seq))
-        self.sock.sendall(b"".join(parts))
-        pending = set(range(first + 1, self.seq))
-        error = None
-        while pending:
-            n = self._recv()
-            for mtype, _flags, seq, s, _e in iter_nlmsgs(self.buf, n):
-                if mtype == NLMSG_ERROR and seq in pending:
-                    pending.discard(seq)
-                    code = -struct.unpack_from("=i", self.buf, s)[0]
-                    if code and error is None:
-                        error = code
-            if error is not None:
-                break  # the kernel aborted the batch; later messages get no answer
-        if error is not None:
-            raise BackendError(f"nf_tables refused the element change: {os.strerror(error)}")
+        self.sock.transaction(NFNL_SUBSYS_NFTABLES, self.family, messages, "element change")
 
     def _list_attrs(self, set_name: str, elems: bytes) -> bytes:
-        return (nla_pack(1, self.table.encode() + b"\0") + nla_pack(2, set_name.encode() + b"\0")
-                + nla_pack(3 | 0x8000, elems))
+        return nla_str(1, self.table) + nla_str(2, set_name) + nla_nested(3, elems)
 
     def add(self, elements: dict[str, list[tuple[str, int]]]) -> None:
         """Add or refresh (ip, timeout seconds) per set. An existing element keeps its old timeout

@@ -7,6 +7,7 @@ import pytest
 from runcli import Controller, events, run_ramfw, wait_for
 
 A4, A6, B4, Q4 = "198.51.100.10", "2001:db8:100::10", "198.51.100.20", "198.51.100.21"
+F6 = "2001:db8:100::30"  # no name: reached only by a raw IPv6 fragment
 
 
 @pytest.fixture
@@ -38,12 +39,20 @@ def test_blocked_attempts_become_events_with_hostnames(enforced):
         assert tb.connect(Q4, 443).error == "ECONNREFUSED"
     assert tb.connect(B4, 443).error == "ECONNREFUSED"
     assert tb.connect(A4, 443).ok
+    send_ipv6_first_fragment(tb, F6, 8443)
 
-    evs = wait_for(lambda: [e for e in events(tb.client) if e["dst"] == B4] and events(tb.client))
+
+    def all_recorded():
+        evs = events(tb.client)
+        return evs if {B4, F6} <= {e["dst"] for e in evs} else []
+
+    evs = wait_for(all_recorded)
     by_dst = {}
     for e in evs:
         by_dst.setdefault(e["dst"], []).append(e)
-    assert set(by_dst) == {Q4, B4}, evs
+    assert set(by_dst) == {Q4, B4, F6}, evs
+    # behind the IPv6 fragment header: tcp to 8443 (audit's old parser said protocol 44, no port)
+    assert [(e["src"], e["proto"], e["dport"]) for e in by_dst[F6]] == [("2001:db8:113::2", "tcp", 8443)]
     quay = by_dst[Q4]
     assert len(quay) == 20
     assert all(e["hostname"] == "quay.io" and e["scope"] == "output" and e["proto"] == "tcp" and e["dport"] == 443 for e in quay)
@@ -87,3 +96,25 @@ def test_explain_shows_cname_chain_and_learned_names(enforced):
     data = json.loads(run_ramfw("explain", "alias.allowed.test", "--netns", tb.client, "--json", check=0).stdout)
     assert data["verdict"] == "allowed"
     assert data["reasons"][0].startswith("allow entry 'alias.allowed.test'")
+
+
+def send_ipv6_first_fragment(tb, dst: str, dport: int) -> None:
+    """The first fragment of a TCP SYN from the client, sent raw: the kernel logs it with its
+    fragment header in place, so the event must look behind that header for the protocol."""
+    import socket
+    import struct
+
+    from ramfw.kernel import netns
+    from testbed import CLIENT6
+
+    frag = struct.pack("!BBHI", socket.IPPROTO_TCP, 0, 1, 0x5241)  # offset 0, more fragments follow
+    syn = struct.pack("!HHIIBBHHH", 40001, dport, 1, 0, 0x50, 0x02, 65535, 0, 0)
+    head = struct.pack("!IHBB16s16s", 6 << 28, len(frag + syn), 44, 64,
+                       socket.inet_pton(socket.AF_INET6, CLIENT6), socket.inet_pton(socket.AF_INET6, dst))
+    with netns.entered(tb.client):
+        raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    with raw:
+        try:
+            raw.sendto(head + frag + syn, (dst, 0))
+        except PermissionError:
+            pass  # refused in the output hook: the kernel says so to the sender

@@ -25,7 +25,8 @@ from ramfw.kernel import netns
 from ramfw.backends.iptables import flavour as flavours, render, savetext
 from ramfw.backends.iptables.backend import IptablesBackend
 from ramfw.errors import BackendError
-from ramfw.kernel.nfnetlink import NfLog, NfQueue
+from ramfw.kernel.nflog import NfLog
+from ramfw.kernel.nfqueue import NfQueue
 from ramfw.plan import AUDIT_LOG_GROUP, DNS_LOG_GROUP, DNS_QUERY_GROUP, DNS_QUEUE_NUM, Element, plan
 from ramfw.policy.load import parse_policy
 from testbed import DNS4, DNS6, probe_during

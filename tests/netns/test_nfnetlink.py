@@ -1,8 +1,9 @@
-"""ramfw.kernel.nfnetlink against the real kernel: NFQUEUE and NFLOG in a throwaway network namespace.
+"""ramfw.kernel.nfqueue and ramfw.kernel.nflog against the real kernel: NFQUEUE and NFLOG in a
+throwaway network namespace.
 
 Everything happens inside `rt-<pid>-nfnl`: the rules (iptables-nft / nft), the sockets and the
 traffic (documentation addresses on the namespace's lo). The namespace is deleted at the end.
-The pure parser tests at the bottom need no root.
+The pure decoding tests are in tests/unit/test_netlink.py (no root).
 """
 
 from __future__ import annotations
@@ -15,32 +16,11 @@ import subprocess
 import time
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ramfw.kernel import netns
-from ramfw.kernel.nfnetlink import (
-    NFNL_SUBSYS_QUEUE,
-    NFNL_SUBSYS_ULOG,
-    NFQA_PACKET_HDR,
-    NFQA_PAYLOAD,
-    NFQNL_MSG_PACKET,
-    NFULA_PACKET_HDR,
-    NFULA_PAYLOAD,
-    NFULA_PREFIX,
-    NFULA_UID,
-    NLA_F_NESTED,
-    NLA_F_NET_BYTEORDER,
-    NfLog,
-    NfQueue,
-    NetlinkError,
-    iter_nlattrs,
-    iter_nlmsgs,
-    nfnl_msg_pack,
-    nla_pack,
-    parse_log_packet,
-    parse_queue_packet,
-)
+from ramfw.kernel.netlink import NetlinkError
+from ramfw.kernel.nflog import NfLog
+from ramfw.kernel.nfqueue import NfQueue
 
 V4 = "198.51.100.1"
 V6 = "2001:db8:100::1"
@@ -370,76 +350,3 @@ def test_nflog_kernel_default_batching_would_be_caught(ns, sockets, nflog):
     sender = sockets(socket.AF_INET)
     samples = _nflog_latencies(log, sender, 1)
     assert samples[0] > 0.5
-
-
-# --- pure parsing (no root) -----------------------------------------------------------------------
-
-
-def _queue_msg(attrs: bytes, res_id: int = QUEUE) -> bytes:
-    return nfnl_msg_pack(NFNL_SUBSYS_QUEUE, NFQNL_MSG_PACKET, socket.AF_INET, res_id, attrs)
-
-
-def _payload_span(msg: bytes):
-    [(msg_type, _flags, _seq, s, e)] = list(iter_nlmsgs(msg, len(msg)))
-    assert msg_type == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET or msg_type >> 8 == NFNL_SUBSYS_ULOG
-    return s, e
-
-
-def test_parse_queue_packet_masks_flags_and_skips_unknown_attrs():
-    attrs = (nla_pack(999, b"\x01\x02\x03")  # unknown, odd length (padding)
-             + nla_pack(NFQA_PACKET_HDR | NLA_F_NET_BYTEORDER, struct.pack("!IHB", 0x01020304, 0x86DD, 3))
-             + nla_pack(NLA_F_NESTED | 77, nla_pack(1, b"abcd"))
-             + nla_pack(NFQA_PAYLOAD, b"\x60" + b"p" * 40))
-    msg = _queue_msg(attrs)
-    s, e = _payload_span(msg)
-    pkt = parse_queue_packet(msg, s, e)
-    assert (pkt.packet_id, pkt.hw_protocol, pkt.hook) == (0x01020304, 0x86DD, 3)
-    assert pkt.payload == b"\x60" + b"p" * 40
-
-
-def test_parse_queue_packet_without_header_or_truncated_is_none():
-    msg = _queue_msg(nla_pack(NFQA_PAYLOAD, b"x"))
-    assert parse_queue_packet(msg, *_payload_span(msg)) is None
-    msg = _queue_msg(nla_pack(NFQA_PACKET_HDR, b"\x00\x00\x00"))  # header too short
-    assert parse_queue_packet(msg, *_payload_span(msg)) is None
-    assert parse_queue_packet(b"\x00\x00", 0, 2) is None
-
-
-def test_several_messages_per_datagram_and_truncated_tail():
-    one = _queue_msg(nla_pack(NFQA_PACKET_HDR, struct.pack("!IHB", 1, 0x800, 3)))
-    two = _queue_msg(nla_pack(NFQA_PACKET_HDR, struct.pack("!IHB", 2, 0x800, 3)))
-    datagram = one + two + two[:10]
-    ids = [parse_queue_packet(datagram, s, e).packet_id for _t, _f, _q, s, e in iter_nlmsgs(datagram, len(datagram))]
-    assert ids == [1, 2]
-
-
-def test_parse_log_packet():
-    attrs = (nla_pack(NFULA_PACKET_HDR, struct.pack("!HBx", 0x800, 3))
-             + nla_pack(NFULA_PREFIX, b"ramfw-test\0")
-             + nla_pack(NFULA_UID, struct.pack("!I", 1000))
-             + nla_pack(NFULA_PAYLOAD, b"E" + b"\0" * 27))
-    msg = nfnl_msg_pack(NFNL_SUBSYS_ULOG, 0, socket.AF_INET, GROUP, attrs)
-    pkt = parse_log_packet(msg, *_payload_span(msg))
-    assert (pkt.prefix, pkt.hw_protocol, pkt.hook, pkt.uid, pkt.gid, pkt.timestamp) == \
-        ("ramfw-test", 0x800, 3, 1000, None, None)
-    assert parse_log_packet(msg, *_payload_span(msg), with_uid=False).uid is None
-
-
-def test_attribute_length_overrunning_the_message_stops_the_walk():
-    bad = struct.pack("=HH", 200, NFQA_PAYLOAD) + b"xx"
-    assert list(iter_nlattrs(bad, 0, len(bad))) == []
-    zero = struct.pack("=HH", 0, 1) + b"\0" * 8
-    assert list(iter_nlattrs(zero, 0, len(zero))) == []
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300))
-def test_parsers_never_raise_on_garbage(data):
-    for _t, _f, _q, s, e in iter_nlmsgs(data, len(data)):
-        parse_queue_packet(data, s, e)
-        parse_log_packet(data, s, e)
-    parse_queue_packet(data, 0, len(data))
-    parse_log_packet(data, 0, len(data))
-    # garbage inside a well-formed envelope
-    msg = _queue_msg(data)
-    parse_queue_packet(msg, *_payload_span(msg))

@@ -53,7 +53,7 @@ def test_reapply_keeps_packets_held_in_nfqueue(testbed, backend):
     import time
 
     from ramfw.kernel import netns
-    from ramfw.kernel.nfnetlink import NfQueue
+    from ramfw.kernel.nfqueue import NfQueue
 
     testbed.run(testbed.client, "iptables-nft", "-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE", "--queue-num", "77")
     with netns.entered(testbed.client):
@@ -93,7 +93,7 @@ def test_the_nft_backend_owns_its_xtables_queue_fallback(testbed):
 
     from ramfw.backends.nft import queue_fallback
     from ramfw.kernel import netns
-    from ramfw.kernel.nfnetlink import NfQueue
+    from ramfw.kernel.nfqueue import NfQueue
     from ramfw.plan import DNS_QUEUE_NUM
 
     testbed.set_names({"x.test": ["198.51.100.44"]})

@@ -23,15 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ramfw.dns.wire import (
-    Message,
-    MalformedPacket,
-    Question,
-    TcpDnsReassembler,
-    parse_ip_packet,
-    parse_message,
-    resolve_chain,
-)
+from ipbuild import ipv6, tcp
+from ramfw.dns.stream import TcpDnsReassembler
+from ramfw.dns.wire import Message, MalformedPacket, Question, parse_message, resolve_chain
+from ramfw.kernel.packet import parse_packet
 
 IN = dns.rdataclass.IN
 CH = dns.rdataclass.CH
@@ -572,152 +567,6 @@ def test_chain_of_hand_built_message_and_no_question():
 
 
 # ---------------------------------------------------------------------------------------------
-# parse_ip_packet
-
-SRC4, DST4 = V4("192.0.2.1"), V4("198.51.100.53")
-SRC6, DST6 = V6("2001:db8::1"), V6("2001:db8::53")
-
-
-def udp(sport: int, dport: int, payload: bytes, length: int | None = None) -> bytes:
-    size = 8 + len(payload) if length is None else length
-    return struct.pack("!HHHH", sport, dport, size, 0) + payload
-
-
-def tcp(sport, dport, seq, flags, payload, options=b"") -> bytes:
-    offset = ((20 + len(options)) // 4) << 4
-    head = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, offset, flags, 65535, 0, 0)
-    return head + options + payload
-
-
-def ipv4(proto: int, l4: bytes, options=b"", frag=0, total=None) -> bytes:
-    ihl = (20 + len(options)) // 4
-    size = 20 + len(options) + len(l4) if total is None else total
-    head = struct.pack(
-        "!BBHHHBBH4s4s", 0x40 | ihl, 0, size, 1, frag, 64, proto, 0, SRC4.packed, DST4.packed
-    )
-    return head + options + l4
-
-
-def ipv6(next_header: int, body: bytes) -> bytes:
-    head = struct.pack("!IHBB16s16s", 6 << 28, len(body), next_header, 64, SRC6.packed, DST6.packed)
-    return head + body
-
-
-def ext_header(next_header: int, units: int = 0) -> bytes:
-    """Hop-by-hop / routing / destination options header of (units + 1) * 8 bytes, padded."""
-    pad = 4 + units * 8  # one PadN option fills the rest
-    return bytes([next_header, units, 1, pad]) + b"\x00" * pad
-
-
-def frag_header(next_header: int, offset: int, more: bool) -> bytes:
-    return struct.pack("!BBHI", next_header, 0, (offset << 3) | int(more), 0xABCD)
-
-
-def test_ipv4_udp():
-    p = parse_ip_packet(ipv4(17, udp(53, 40000, b"dns!")) + b"\x00" * 6)  # link padding ignored
-    assert (p.version, p.src, p.dst, p.proto, p.sport, p.dport) == (4, SRC4, DST4, 17, 53, 40000)
-    assert p.payload == b"dns!" and (p.tcp_seq, p.tcp_flags) == (0, 0)
-
-
-def test_ipv4_options_and_udp_length_honoured():
-    options = b"\x01\x01\x01\x00" + b"\x94\x04\x00\x00"  # NOPs, EOL, router alert
-    packet = ipv4(17, udp(53, 1234, b"abcdef", length=8 + 3), options=options)
-    p = parse_ip_packet(memoryview(packet))
-    assert p.payload == b"abc"
-    assert (p.sport, p.dport) == (53, 1234)
-
-
-def test_ipv4_tcp_with_options():
-    mss_nops_eol = b"\x02\x04\x05\xb4\x01\x01\x01\x00"
-    seg = tcp(53, 5555, 0xFFFFFFF0, 0x18, b"\x00\x02hi", options=mss_nops_eol)
-    p = parse_ip_packet(ipv4(6, seg, frag=0x4000))  # DF is not a fragment
-    assert (p.proto, p.sport, p.dport, p.tcp_seq, p.tcp_flags) == (6, 53, 5555, 0xFFFFFFF0, 0x18)
-    assert p.payload == b"\x00\x02hi"
-
-
-@pytest.mark.parametrize("frag", [0x2000, 0x0001, 0x2010, 0x6000])
-def test_ipv4_fragments_rejected(frag):
-    with pytest.raises(MalformedPacket, match="fragment"):
-        parse_ip_packet(ipv4(17, udp(53, 1, b"x"), frag=frag))
-
-
-def test_ipv6_udp_through_extension_headers():
-    body = ext_header(60) + ext_header(43, units=1) + ext_header(17) + udp(53, 999, b"answer")
-    p = parse_ip_packet(ipv6(0, body))
-    assert (p.version, p.src, p.dst, p.proto, p.sport, p.dport) == (6, SRC6, DST6, 17, 53, 999)
-    assert p.payload == b"answer"
-
-
-def test_ipv6_atomic_fragment_accepted_real_fragments_rejected():
-    atomic = parse_ip_packet(ipv6(44, frag_header(6, 0, False) + tcp(53, 7, 99, 0x11, b"z")))
-    assert (atomic.proto, atomic.tcp_seq, atomic.tcp_flags, atomic.payload) == (6, 99, 0x11, b"z")
-    for offset, more in ((0, True), (5, False), (5, True)):
-        with pytest.raises(MalformedPacket, match="fragment"):
-            parse_ip_packet(ipv6(44, frag_header(17, offset, more) + udp(53, 7, b"z")))
-
-
-@pytest.mark.parametrize(
-    "packet",
-    [
-        ipv4(1, b"\x08\x00" + b"\x00" * 6),  # ICMP
-        ipv6(58, b"\x80\x00" + b"\x00" * 6),  # ICMPv6
-        ipv6(59, b"\x00" * 8),  # no next header
-        ipv6(0, ext_header(50) + b"\x00" * 8),  # ESP behind hop-by-hop
-    ],
-)
-def test_not_udp_tcp(packet):
-    with pytest.raises(MalformedPacket, match="not udp/tcp"):
-        parse_ip_packet(packet)
-
-
-GOOD_PACKETS = [
-    ipv4(17, udp(53, 1, b"payload"), options=b"\x01" * 4),
-    ipv4(6, tcp(53, 1, 5, 0x10, b"payload")),
-    ipv6(0, ext_header(17) + udp(53, 1, b"payload")),
-    ipv6(6, tcp(53, 1, 5, 0x10, b"payload", options=b"\x01" * 4)),
-]
-
-
-@pytest.mark.parametrize("packet", GOOD_PACKETS)
-def test_every_truncation_is_rejected(packet):
-    assert parse_ip_packet(packet).payload == b"payload"
-    for cut in range(len(packet)):  # shorter than the length fields claim
-        with pytest.raises(MalformedPacket):
-            parse_ip_packet(packet[:cut])
-
-
-@pytest.mark.parametrize(
-    "packet, reason",
-    [
-        (b"\x55" + b"\x00" * 40, "version"),
-        (b"\x44" + ipv4(17, udp(53, 1, b"x"))[1:], "below 20"),  # IHL 4
-        (ipv4(17, udp(53, 1, b"x"), total=19), "total length"),
-        (ipv4(17, udp(53, 1, b"x"), total=500), "total length"),
-        (ipv4(17, udp(53, 1, b"xyz", length=7)), "UDP length"),
-        (ipv4(17, udp(53, 1, b"xyz", length=12)), "UDP length"),
-        (ipv4(6, tcp(53, 1, 1, 0, b"")[:12] + b"\x40" + tcp(53, 1, 1, 0, b"")[13:]), "data offset"),
-        (ipv4(6, tcp(53, 1, 1, 0, b"")[:12] + b"\xf0" + tcp(53, 1, 1, 0, b"")[13:]), "data offset"),
-        (ipv6(17, b"")[:4] + b"\x00\x00" + ipv6(17, b"")[6:] + udp(1, 2, b""), "payload length"),
-        (ipv6(0, ext_header(17, units=3)[:16]), "extension header"),
-    ],
-)
-def test_bad_ip_headers(packet, reason):
-    with pytest.raises(MalformedPacket, match=reason):
-        parse_ip_packet(packet)
-
-
-@FAST
-@given(st.binary(max_size=120))
-def test_random_packets_never_crash(data):
-    for candidate in (data, b"\x45" + data, b"\x60" + data):
-        try:
-            p = parse_ip_packet(candidate)
-        except MalformedPacket:
-            continue
-        assert p.proto in (6, 17) and len(p.payload) < len(candidate)
-
-
-# ---------------------------------------------------------------------------------------------
 # TcpDnsReassembler
 
 
@@ -831,19 +680,10 @@ def test_tcp_packet_to_answer_end_to_end():
     r = TcpDnsReassembler()
     messages = []
     for i, pos in enumerate(range(0, len(stream), 50)):
-        packet = parse_ip_packet(ipv6(6, tcp(53, 40000, 9000 + pos, 0x18, stream[pos : pos + 50])))
+        packet = parse_packet(ipv6(6, tcp(53, 40000, 9000 + pos, 0x18, stream[pos : pos + 50])))
         key = (packet.src, packet.sport, packet.dst, packet.dport)
         messages += r.feed(key, packet.tcp_seq, packet.payload)
     assert len(messages) == 1
     chain, addrs = resolve_chain(parse_message(messages[0]))
     assert chain == ["www.example.com", "edge.cdn.net"]
     assert [ip for ip, _ in addrs] == [V4("192.0.2.1"), V4("192.0.2.2"), V6("2001:db8::1")]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=2**128 - 1), st.integers(min_value=0, max_value=2**32 - 1))
-def test_ip_text_matches_ipaddress(v6, v4):
-    from ramfw.dns.wire import ip_text
-
-    for ip in (ipaddress.IPv6Address(v6), ipaddress.IPv4Address(v4), ipaddress.IPv6Address(0xFFFF00000000 | v4)):
-        assert ip_text(ip) == str(ip)

@@ -15,7 +15,7 @@ from fakes import Clock, FakeLog, FakeQueue, Packet
 from forge import tcp_packet, udp_packet
 from ramfw.dns import snooper as snooper_mod
 from ramfw.dns.snooper import Snooper
-from ramfw.dns.wire import TCP_FIN
+from ramfw.kernel.packet import TCP_FIN
 from wait import wait_for
 
 SERVER, SERVER6 = "198.51.100.53", "2001:db8:100::53"

@@ -10,22 +10,20 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 
 from ramfw.kernel import netns
-from ramfw.errors import BackendError
-from ramfw.kernel.nfnetlink import (
-    NETLINK_NETFILTER,
+from ramfw.kernel.netlink import (
     NLA_F_NESTED,
     NLA_F_NET_BYTEORDER,
-    NLM_F_ACK,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
+    NLM_F_EXCL,
+    NetlinkError,
+    NetlinkSocket,
+    attr_be32,
+    attr_table,
     iter_nlattrs,
-    iter_nlmsgs,
-    nfnl_msg_pack,
+    nla_nested,
     nla_pack,
+    nla_str,
 )
 
 MAX_TIMEOUT = 2147483  # ipset's ceiling (seconds)
@@ -50,7 +48,6 @@ A_SETNAME2 = 3
 D_IP, D_TIMEOUT, D_HASHSIZE, D_MAXELEM, D_ELEMENTS, D_REFERENCES = 1, 6, 18, 19, 24, 25
 IPADDR = {4: 1, 6: 2}
 NFPROTO = {4: 2, 6: 10}
-NLM_F_EXCL, NLM_F_DUMP = 0x200, 0x300
 IPSET_ERRORS = {
     4097: "protocol error", 4098: "set type not supported", 4099: "too many sets", 4100: "set is busy",
     4101: "second set does not exist", 4102: "set types differ", 4103: "element/set already exists",
@@ -59,18 +56,20 @@ IPSET_ERRORS = {
 }
 IPSET_ERR_REFERENCED = 4108
 _BE32 = struct.Struct("!I")
-_NLA = struct.Struct("=HH")
 
 
-class IpsetError(BackendError):
+class IpsetError(NetlinkError):
     def __init__(self, code: int, what: str):
         self.code = code
         reason = IPSET_ERRORS.get(code) or os.strerror(code)
-        super().__init__(f"ipset refused {what}: {reason}")
+        super().__init__(f"ipset refused {what}: {reason}", code)
 
 
-def _nest(attr: int, payload: bytes) -> bytes:
-    return nla_pack(attr | NLA_F_NESTED, payload)
+class _IpsetNetlink(NetlinkSocket):
+    what = "ipset"
+
+    def explain(self, action: str, err: int) -> NetlinkError:
+        return IpsetError(err, action)
 
 
 def _u8(attr: int, v: int) -> bytes:
@@ -79,10 +78,6 @@ def _u8(attr: int, v: int) -> bytes:
 
 def _be32(attr: int, v: int) -> bytes:
     return nla_pack(attr | NLA_F_NET_BYTEORDER, _BE32.pack(v))
-
-
-def _str(attr: int, s: str) -> bytes:
-    return nla_pack(attr, s.encode() + b"\0")
 
 
 _LINENO0 = nla_pack(9, struct.pack("=I", 0))  # IPSET_ATTR_LINENO: required with IPSET_ATTR_ADT
@@ -102,21 +97,11 @@ _ELEM_HDR = {4: _elem_headers(4, 1), 6: _elem_headers(16, 2)}  # (without, with 
 
 class IpsetSocket:
     """One nfnetlink socket, opened inside the namespace (it stays bound there); one request at
-    a time (a lock), so any thread may use it."""
+    a time (the core socket's lock), so any thread may use it."""
 
     def __init__(self, netns_name: str | None):
         with netns.entered(netns_name):
-            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        try:
-            self.sock.bind((0, 0))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-            self.sock.settimeout(5.0)  # a kernel that never answers must not hang a thread
-        except OSError:
-            self.sock.close()
-            raise
-        self.seq = 0
-        self.buf = bytearray(1 << 21)
-        self.lock = threading.Lock()
+            self.sock = _IpsetNetlink(rcvbuf=1 << 21, bufsize=1 << 21)
         self._proto = _u8(A_PROTOCOL, IPSET_PROTOCOL)
         self._revision: dict[int, int] = {}
 
@@ -124,39 +109,15 @@ class IpsetSocket:
         self.sock.close()
 
     def request(self, cmd: int, attrs: bytes, what: str, dump: bool = False, excl: bool = False) -> list[bytes]:
-        with self.lock:
-            self.seq += 1
-            seq = self.seq
-            flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK) | (NLM_F_EXCL if excl else 0)
-            try:
-                self.sock.send(nfnl_msg_pack(NFNL_SUBSYS_IPSET, cmd, NFPROTO[4], 0, self._proto + attrs, seq=seq, flags=flags))
-            except OSError as exc:
-                raise BackendError(f"ipset {what}: netlink send failed: {exc.strerror or exc}") from None
-            replies: list[bytes] = []
-            while True:
-                try:
-                    n = self.sock.recv_into(self.buf)
-                except TimeoutError:
-                    raise BackendError(f"ipset {what}: no answer from the kernel in 5 s") from None
-                except OSError as exc:
-                    raise BackendError(f"ipset {what}: netlink receive failed: {exc.strerror or exc}") from None
-                for mtype, _f, mseq, s, e in iter_nlmsgs(self.buf, n):
-                    if mseq != seq:
-                        continue
-                    if mtype == NLMSG_DONE:
-                        return replies
-                    if mtype == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", self.buf, s)[0]
-                        if code:
-                            raise IpsetError(code, what)
-                        return replies
-                    replies.append(bytes(self.buf[s + 4 : e]))  # skip nfgenmsg
+        """One request (or dump) and its replies' attributes; IpsetError when the kernel refuses."""
+        return self.sock.request(NFNL_SUBSYS_IPSET, cmd, NFPROTO[4], self._proto + attrs, what, dump=dump,
+                                 flags=NLM_F_EXCL if excl else 0)
 
     # -- commands --
 
     def exists(self, name: str) -> bool:
         try:
-            self.request(CMD_HEADER, _str(A_SETNAME, name), f"header {name}")
+            self.request(CMD_HEADER, nla_str(A_SETNAME, name), f"header {name}")
             return True
         except IpsetError as exc:
             if exc.code == 2:  # ENOENT
@@ -165,7 +126,7 @@ class IpsetSocket:
 
     def revision(self, family: int) -> int:
         if family not in self._revision:
-            body = self.request(CMD_TYPE, _str(A_TYPENAME, "hash:ip") + _u8(A_FAMILY, NFPROTO[family]), "type hash:ip")
+            body = self.request(CMD_TYPE, nla_str(A_TYPENAME, "hash:ip") + _u8(A_FAMILY, NFPROTO[family]), "type hash:ip")
             rev = 0
             for t, s, e in iter_nlattrs(body[0], 0, len(body[0])) if body else ():
                 if t == A_REVISION:
@@ -176,17 +137,17 @@ class IpsetSocket:
     def create(self, name: str, family: int, count: int) -> None:
         hashsize, maxelem = _set_sizes(count)
         data = _be32(D_TIMEOUT, 0) + _be32(D_HASHSIZE, hashsize) + _be32(D_MAXELEM, maxelem)
-        attrs = _str(A_SETNAME, name) + _str(A_TYPENAME, "hash:ip") + _u8(A_REVISION, self.revision(family)) + _u8(A_FAMILY, NFPROTO[family]) + _nest(A_DATA, data)
+        attrs = nla_str(A_SETNAME, name) + nla_str(A_TYPENAME, "hash:ip") + _u8(A_REVISION, self.revision(family)) + _u8(A_FAMILY, NFPROTO[family]) + nla_nested(A_DATA, data)
         self.request(CMD_CREATE, attrs, f"create {name}", excl=True)
 
     def destroy(self, name: str) -> None:
-        self.request(CMD_DESTROY, _str(A_SETNAME, name), f"destroy {name}")
+        self.request(CMD_DESTROY, nla_str(A_SETNAME, name), f"destroy {name}")
 
     def swap(self, a: str, b: str) -> None:
-        self.request(CMD_SWAP, _str(A_SETNAME, a) + _str(A_SETNAME2, b), f"swap {a} {b}")
+        self.request(CMD_SWAP, nla_str(A_SETNAME, a) + nla_str(A_SETNAME2, b), f"swap {a} {b}")
 
     def rename(self, a: str, b: str) -> None:
-        self.request(CMD_RENAME, _str(A_SETNAME, a) + _str(A_SETNAME2, b), f"rename {a} {b}")
+        self.request(CMD_RENAME, nla_str(A_SETNAME, a) + nla_str(A_SETNAME2, b), f"rename {a} {b}")
 
     @staticmethod
     def _elem(ip: str, timeout: int | None) -> bytes:
@@ -205,55 +166,52 @@ class IpsetSocket:
         elements = list(elements)
         for i in range(0, len(elements), chunk):
             body = b"".join(self._elem(e.ip, e.timeout) for e in elements[i : i + chunk])
-            self.request(CMD_ADD, _str(A_SETNAME, name) + _nest(A_ADT, body) + _LINENO0, f"add to {name}")
+            self.request(CMD_ADD, nla_str(A_SETNAME, name) + nla_nested(A_ADT, body) + _LINENO0, f"add to {name}")
 
     def delete(self, name: str, ips, chunk: int = 1500) -> None:
         ips = list(ips)
         for i in range(0, len(ips), chunk):
             body = b"".join(self._elem(ip, None) for ip in ips[i : i + chunk])
-            self.request(CMD_DEL, _str(A_SETNAME, name) + _nest(A_ADT, body) + _LINENO0, f"delete from {name}")
+            self.request(CMD_DEL, nla_str(A_SETNAME, name) + nla_nested(A_ADT, body) + _LINENO0, f"delete from {name}")
 
     def count(self, name: str) -> int:
         """Elements in a set, from the list header alone (IPSET_FLAG_LIST_HEADER, what `ipset
         list -t` asks): the kernel sends no element, however large the set."""
         flags = _be32(6, 1 << 2)  # IPSET_ATTR_FLAGS: IPSET_FLAG_LIST_HEADER
-        replies = self.request(CMD_LIST, _str(A_SETNAME, name) + flags, f"list -t {name}", dump=True)
+        replies = self.request(CMD_LIST, nla_str(A_SETNAME, name) + flags, f"list -t {name}", dump=True)
         for body in replies:
-            for t, s, e in iter_nlattrs(body, 0, len(body)):
-                if t == A_DATA:
-                    for dt, ds, _de in iter_nlattrs(body, s, e):
-                        if dt == D_ELEMENTS:
-                            return _BE32.unpack_from(body, ds)[0]
+            data = attr_table(body).get(A_DATA)
+            elements = attr_be32(body, attr_table(body, *data), D_ELEMENTS) if data else None
+            if elements is not None:
+                return elements
         return 0
 
     def list(self, name: str, with_elements: bool = True) -> tuple[dict[str, int], dict[str, int]]:
         """(header: references/elements/..., {ip: seconds left}) of one set."""
         cmd = CMD_LIST if with_elements else CMD_HEADER
-        replies = self.request(cmd, _str(A_SETNAME, name), f"list {name}", dump=with_elements)
+        replies = self.request(cmd, nla_str(A_SETNAME, name), f"list {name}", dump=with_elements)
         header: dict[str, int] = {}
         elems: dict[str, int] = {}
         for body in replies:
             for t, s, e in iter_nlattrs(body, 0, len(body)):
                 if t == A_DATA:
-                    for dt, ds, de in iter_nlattrs(body, s, e):
-                        if dt == D_REFERENCES:
-                            header["references"] = _BE32.unpack_from(body, ds)[0]
-                        elif dt == D_ELEMENTS:
-                            header["elements"] = _BE32.unpack_from(body, ds)[0]
+                    data = attr_table(body, s, e)
+                    for key, attr in (("references", D_REFERENCES), ("elements", D_ELEMENTS)):
+                        value = attr_be32(body, data, attr)
+                        if value is not None:
+                            header[key] = value
                 elif t == A_ADT:
                     for _dt, ds, de in iter_nlattrs(body, s, e):  # DATA { IP { IPADDR }, TIMEOUT, ... }
-                        ip, left, off = None, 0, ds
-                        while off + 4 <= de:
-                            alen, atype = _NLA.unpack_from(body, off)
-                            atype &= 0x3FFF
-                            if alen < 4:
-                                break
-                            if atype == D_IP and alen >= 12:
-                                raw = body[off + 8 : off + alen]
-                                ip = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
-                            elif atype == D_TIMEOUT and alen >= 8:
-                                left = _BE32.unpack_from(body, off + 4)[0]
-                            off += (alen + 3) & ~3
+                        data = attr_table(body, ds, de)
+                        ip = _address(body, data.get(D_IP))
                         if ip is not None:
-                            elems[ip] = left
+                            elems[ip] = attr_be32(body, data, D_TIMEOUT) or 0
         return header, elems
+
+
+def _address(buf, span: tuple[int, int] | None) -> str | None:
+    """The text of the IPADDR_IPV4/IPV6 attribute nested in an IPSET_ATTR_IP."""
+    for _t, s, e in iter_nlattrs(buf, *span) if span else ():
+        if e - s in (4, 16):
+            return socket.inet_ntop(socket.AF_INET6 if e - s == 16 else socket.AF_INET, bytes(buf[s:e]))
+    return None
