@@ -34,18 +34,10 @@ import threading
 import time
 from typing import Callable
 
-from ramfw.dns.wire import PROTO_TCP, TCP_SYN, MalformedPacket, ip_text, parse_ip_packet
 from ramfw.kernel import netns
-from ramfw.kernel.nfnetlink import (
-    NFNL_SUBSYS_QUEUE,
-    NFQA_MARK,
-    NFQA_VERDICT_HDR,
-    NFQNL_MSG_VERDICT,
-    NetlinkError,
-    NfQueue,
-    nfnl_msg_pack,
-    nla_pack,
-)
+from ramfw.kernel.netlink import NetlinkError, nfnl_msg_pack, nla_pack
+from ramfw.kernel.nfqueue import NFNL_SUBSYS_QUEUE, NFQA_MARK, NFQA_VERDICT_HDR, NFQNL_MSG_VERDICT, NfQueue
+from ramfw.kernel.packet import PROTO_TCP, TCP_SYN, ip_text, parse_packet
 from ramfw.common.logs import RepeatedLog
 from ramfw.plan import SNI_LOOKED, SNI_MASK, SNI_PASS, SNI_REFUSE
 from ramfw.tls.assembler import Assembler, Ready
@@ -82,11 +74,11 @@ class SniQueue(NfQueue):
         if not verdicts:
             return
         msgs = b"".join(
-            nfnl_msg_pack(NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT, 0, self._res_id,
+            nfnl_msg_pack(NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT, 0, self.res_id,
                           nla_pack(NFQA_VERDICT_HDR, struct.pack("!II", NF_REPEAT, pid & 0xFFFFFFFF))
                           + nla_pack(NFQA_MARK, struct.pack("!I", mark & 0xFFFFFFFF)))
             for pid, mark in verdicts)
-        self._send(msgs, "verdict")
+        self.send(msgs, "verdict")
 
 
 def _with_bits(mark: int, bits: int) -> int:
@@ -125,9 +117,8 @@ class SniInspector:
 
     def on_packet(self, packet_id: int, payload: bytes, mark: int, hook: int) -> None:
         self.counters["packets"] += 1
-        try:
-            pkt = parse_ip_packet(payload)
-        except MalformedPacket:
+        pkt = parse_packet(payload)
+        if pkt is None:  # not a whole TCP/UDP packet: counted and let go
             self.counters["malformed"] += 1
             self._out.append((packet_id, _with_bits(mark, SNI_LOOKED)))
             return
