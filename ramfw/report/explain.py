@@ -11,16 +11,24 @@ from ramfw.kernel import netns
 from ramfw.daemon import state as state_file
 from ramfw.backends.choose import read_installed
 from ramfw.policy.catalog import default_catalog
-from ramfw.errors import UsageError
+from ramfw.errors import RamfwError, UsageError
 from ramfw.policy.names import NameError_, is_ip_literal, normalise_name
 
 
 def _kernel_sets(netns_name: str | None) -> dict[str, dict[str, int]] | None:
-    state = read_installed(netns_name)
+    try:
+        state = read_installed(netns_name)
+    except PermissionError:
+        raise RamfwError("reading the kernel's ruleset needs root (CAP_NET_ADMIN in the namespace): run it with sudo") from None
     return state.sets if state.installed else None
 
 
 def explain(target: str, netns_name: str | None, policy_path: str | None = None) -> dict:
+    if not is_ip_literal(target):  # a bad name is a usage error before anything is read
+        try:
+            normalise_name(target)
+        except NameError_ as exc:
+            raise UsageError(f"cannot explain {target!r}: {exc}") from None
     netns.require(netns_name)
     saved = state_file.read_state(netns_name)
     policy = state_file.enforced_policy(saved, policy_path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import struct
 import subprocess
 import time
@@ -333,13 +332,13 @@ def _nflog_latencies(log, sender, n: int) -> list[float]:
 
 
 @pytest.mark.root
-def test_nflog_latency(ns, sockets, nflog):
+def test_nflog_delivers_each_packet_without_batching(ns, sockets, nflog):
+    """Log-mode snooping needs each answer at once: a logger left batching (qthreshold > 1) holds
+    a packet until its flush timeout (1 s by default). The latency figures are the bench's."""
     log = nflog(GROUP)
     sender = sockets(socket.AF_INET)
     samples = _nflog_latencies(log, sender, 20)
-    print(f"\nNFLOG send→receive: median {statistics.median(samples) * 1e3:.2f} ms, "
-          f"max {max(samples) * 1e3:.2f} ms")
-    assert max(samples) < 0.2, f"NFLOG held packets back: {[round(s * 1e3, 1) for s in samples]} ms"
+    assert max(samples) < 0.5, f"NFLOG held packets back: {[round(s * 1e3, 1) for s in samples]} ms"
 
 
 @pytest.mark.root

@@ -81,3 +81,12 @@ def test_missing_namespace_is_a_clear_error(tmp_path):
         "ramfw: error: network namespace 'rt-no-such-ns' not found (no /var/run/netns/rt-no-such-ns); "
         "create it with 'ip netns add rt-no-such-ns'"
     )
+
+
+def test_explain_refuses_a_bad_name_before_reading_the_kernel():
+    """A malformed name is a usage error (exit 2, one line) even where the kernel cannot be read,
+    e.g. without root: the name is checked first."""
+    for env in (None, {"PATH": "/nonexistent"}):
+        r = ramfw("explain", "foo..bar", env=env)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == ["ramfw: error: cannot explain 'foo..bar': 'foo..bar' has an empty label"]
