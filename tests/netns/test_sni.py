@@ -72,8 +72,11 @@ def test_allowed_name_passes_and_blocked_name_is_reset_at_once(bed, tmp_path):
             ok = tls_connect(bed, ip, 443, ALLOWED, bed.certs["ca"])[0]
             assert ok["ok"] and ok["reply"] == f"hello {ALLOWED}", (ip, ok, ctl.output()[-3000:])
             bad = tls_connect(bed, ip, 443, BLOCKED, bed.certs["ca"])[0]
+            # a reset, not a drop: the client learns at once (the figure is printed; the
+            # bound only tells a reset from a retransmit or a 2 s timeout)
             assert not bad["ok"] and bad["error"] == "ECONNRESET", (ip, bad)
-            assert bad["seconds"] < 0.1, f"reset took {bad['seconds']:.3f} s"
+            print(f"blocked name to {ip} reset after {bad['seconds'] * 1000:.1f} ms")
+            assert bad["seconds"] < 1.0, f"reset took {bad['seconds']:.3f} s"
             # the server saw the TCP connection, but not one byte of the refused ClientHello
             got = server.from_port(bad["port"])
             assert [e for e in got if e["kind"] == "bytes" and e["n"] > 0] == [], got
