@@ -19,7 +19,7 @@ from ramfw.errors import BackendError
 from ramfw.common.logs import RepeatedLog, fields
 from ramfw.daemon.refresh import RefreshSchedule
 from ramfw.daemon.snoop_mode import choose_snoop_mode
-from ramfw.daemon.threads import StallGuard, Worker
+from ramfw.daemon.threads import LoopThread, StallGuard, Worker
 from ramfw.daemon.sni import SniService
 
 log = logging.getLogger(__name__)
@@ -87,12 +87,10 @@ class Controller:
         self.reload_requested = threading.Event()
         self.enforcer: Enforcer | None = None
         self.snooper = None
-        self.snoop_worker: Worker | None = None
-        self.snoop_stop = threading.Event()
+        self.snoop_thread: LoopThread | None = None
         self.snoop_reason = ""
         self.audit = None
-        self.audit_worker: Worker | None = None
-        self.audit_stop = threading.Event()
+        self.audit_thread: LoopThread | None = None
         self.sni = SniService(netns_name)  # SNI binding's thread, while the policy turns it on
         self.schedule = RefreshSchedule()
         self.counters = Counters("reloads", "reloads_refused", "repairs", "apply_failures", "ips_expired",
@@ -157,11 +155,7 @@ class Controller:
             self.netns_name, enf.trusted_servers(), functools.partial(enf.credit_answer, defer=True), enf.snoop_mode,
             DNS_QUEUE_NUM, DNS_LOG_GROUP, DNS_QUERY_GROUP, fallback=self._resolve_soon, flush=enf.flush,
         )
-        self.snooper.open()
-        self.snoop_stop = threading.Event()
-        self.snoop_worker = Worker("snoop", self.snooper.run, self.snoop_stop)
-        self.snooper.beat = self.snoop_worker.beat
-        self.snoop_worker.start()
+        self.snoop_thread = LoopThread("snoop", self.snooper).start()
 
     def names_for(self, ip: str) -> list[str]:
         """Host names an address was recently given for: policy names first, then any name."""
@@ -175,11 +169,7 @@ class Controller:
         from ramfw.daemon.audit import AuditLog
 
         self.audit = AuditLog(self.netns_name, self.enforcer.desired.audit_group, self.names_for, lambda: self.enforcer.policy.digest)
-        self.audit.open()
-        self.audit_stop = threading.Event()
-        self.audit_worker = Worker("audit", self.audit.run, self.audit_stop)
-        self.audit.beat = self.audit_worker.beat
-        self.audit_worker.start()
+        self.audit_thread = LoopThread("audit", self.audit).start()
 
     def _record_events(self, events: list[dict]) -> None:
         """Events from other threads (the sni thread's mismatches), into the audit log."""
@@ -187,23 +177,19 @@ class Controller:
             self.audit.record(events)
 
     def _stop_audit(self) -> None:
-        if self.audit_worker is not None:
-            self.audit_stop.set()
-            self.audit_worker.stop()
-            self.audit_worker = None
-            self.audit.close()
+        if self.audit_thread is not None:
+            self.audit_thread.stop()
+            self.audit_thread = None
 
     def _stop_snooper(self) -> None:
-        if self.snoop_worker is not None:
-            self.snoop_stop.set()
-            self.snoop_worker.stop()
-            self.snoop_worker = None
-        if self.snooper is not None:
-            self.snooper.close()
-            self.snooper = None
+        if self.snoop_thread is not None:
+            self.snoop_thread.stop()
+            self.snoop_thread = None
+        self.snooper = None
 
     def workers(self) -> list[Worker]:
-        out = [w for w in (self.snoop_worker, self.audit_worker, self.sni.worker) if w is not None]
+        threads = (self.snoop_thread, self.audit_thread, self.sni.thread)
+        out = [t.worker for t in threads if t is not None and t.worker is not None]
         if self.metrics is not None and getattr(self.metrics, "worker", None) is not None:
             out.append(self.metrics.worker)
         return out

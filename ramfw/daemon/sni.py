@@ -235,8 +235,7 @@ class SniService:
     def __init__(self, netns_name: str | None):
         self.netns_name = netns_name
         self.inspector: SniInspector | None = None
-        self.worker = None
-        self._stop = threading.Event()
+        self.thread = None  # a LoopThread while binding is on
 
     @property
     def counters(self) -> dict:
@@ -244,29 +243,22 @@ class SniService:
 
     def sync(self, enforcer, record: Callable[[list[dict]], None]) -> None:
         from ramfw.daemon.sni_decide import decider
-        from ramfw.daemon.threads import Worker
+        from ramfw.daemon.threads import LoopThread
 
         if enforcer.desired.sni is None:
             self.stop()
             return
-        if self.worker is not None:
+        if self.thread is not None:
             return  # mode and ports are read from the enforcer at every verdict / apply
         self.inspector = SniInspector(
             self.netns_name, enforcer.desired.sni.queue_num, decider(enforcer),
             lambda: enforcer.desired.sni.mode if enforcer.desired.sni is not None else "audit",
             record, lambda: enforcer.policy.digest,
         )
-        self.inspector.open()
-        self._stop = threading.Event()
-        self.worker = Worker("sni", self.inspector.run, self._stop)
-        self.inspector.beat = self.worker.beat
-        self.worker.start()
+        self.thread = LoopThread("sni", self.inspector).start()
 
     def stop(self) -> None:
-        if self.worker is not None:
-            self._stop.set()
-            self.worker.stop()
-            self.worker = None
-        if self.inspector is not None:
-            self.inspector.close()
-            self.inspector = None
+        if self.thread is not None:
+            self.thread.stop()
+            self.thread = None
+        self.inspector = None

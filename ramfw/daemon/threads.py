@@ -85,6 +85,34 @@ class Worker:
         return None
 
 
+class LoopThread:
+    """One supervised thread around a loop object with open(), run(stop), close() and a `beat`
+    attribute it calls each turn: the snooper, the audit reader and the sni inspector. Opens the
+    loop (so a failure to bind its socket is the caller's, at start), runs it under a Worker,
+    and on stop closes it only once its thread has returned."""
+
+    def __init__(self, name: str, loop):
+        self.name = name
+        self.loop = loop
+        self.worker: Worker | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> "LoopThread":
+        self.loop.open()
+        self._stop = threading.Event()
+        self.worker = Worker(self.name, self.loop.run, self._stop)
+        self.loop.beat = self.worker.beat
+        self.worker.start()
+        return self
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self._stop.set()
+            self.worker.stop()
+            self.worker = None
+        self.loop.close()
+
+
 class StallGuard:
     """Ends the process when the main loop itself stops making progress: nobody else would
     notice outside systemd (under systemd the watchdog does it too)."""

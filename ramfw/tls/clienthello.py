@@ -74,7 +74,7 @@ def _handshake_bytes(data: bytes) -> tuple[bytes, Hello | None]:
             if pos == 0 and n >= 2 and data[1] != 3:
                 return b"", Hello("not_tls", reason="record version is not 3.x")
             return bytes(out), None  # wait for the next record header
-        ctype, major, _minor, length = data[pos], data[pos + 1], data[pos + 2], int.from_bytes(data[pos + 3:pos + 5], "big")
+        ctype, major, length = data[pos], data[pos + 1], int.from_bytes(data[pos + 3:pos + 5], "big")  # minor version: any
         if ctype != CONTENT_HANDSHAKE:
             if pos == 0:
                 return b"", Hello("not_tls", reason=f"first byte {ctype:#04x} is not a TLS handshake record")

@@ -92,7 +92,7 @@ def test_allowed_name_passes_and_blocked_name_is_reset_at_once(bed, tmp_path):
         assert f"names it carries: {ALLOWED}" in text and "SNI binding (enforce, TCP ports 443): applies" in text, text
         assert "sni binding:" in run_ramfw("status", "--netns", bed.client, check=0).stdout
         human = run_ramfw("events", "--netns", bed.client, check=0).stdout
-        assert f"sni_mismatch" in human and f"{BLOCKED}  (address given for {ALLOWED}; reset" in human, human
+        assert "sni_mismatch" in human and f"{BLOCKED}  (address given for {ALLOWED}; reset" in human, human
         # the SNI rules read back exactly as rendered: the 1 s check never finds them altered
         time.sleep(2.5)
         assert "altered" not in ctl.output(), ctl.output()[-3000:]

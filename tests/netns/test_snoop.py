@@ -15,7 +15,6 @@ Addresses (documentation ranges only, all inside the testbed's namespaces):
 from __future__ import annotations
 
 import errno
-import ipaddress
 import itertools
 import json
 import os

@@ -18,7 +18,6 @@ from ramfw.kernel import netns  # noqa: E402
 from testbed import (  # noqa: E402, F401  (testbed is the fixture)
     DNS4,
     DNS6,
-    ConnectResult,
     Testbed,
     TestbedError,
     nft_ruleset,
