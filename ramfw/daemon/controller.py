@@ -302,6 +302,27 @@ class Controller:
                                    exc.strerror or exc)
 
     def _one_pass(self, now: float, last: dict) -> None:
+        """Reload, repair, refresh, gc: each step on its own, so that one that keeps failing (a
+        refresh whose elements a flushed table refuses) does not starve the others (the repair
+        that would fix the table). The repair goes before the refresh for the same reason."""
+        self._step("reload", self._reload_if_asked)
+        if now - last["check"] >= self.check_interval:
+            last["check"] = now
+            self._step("repair", self.repair_if_needed)
+        self._step("refresh", self._refresh_due)
+        if now - last["gc"] >= 5.0:
+            last["gc"] = now
+            self._step("gc", lambda: self.counters.inc("ips_expired", len(self.enforcer.cache.gc())))
+
+    def _step(self, what: str, action) -> None:
+        try:
+            action()
+        except Exception as exc:  # counted and logged; the next pass tries again
+            self.counters.inc("loop_errors")
+            self._complaints.exception(what, "controller %s failed (%s: %s); the ruleset stays in force, retrying",
+                                       what, type(exc).__name__, exc)
+
+    def _reload_if_asked(self) -> None:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             if hasattr(self.source, "fetch"):
@@ -309,13 +330,6 @@ class Controller:
             self.reload("SIGHUP")
         elif self.source.poll():
             self.reload(f"policy changed at {self.source.description}")
-        self._refresh_due()
-        if now - last["check"] >= self.check_interval:
-            last["check"] = now
-            self.repair_if_needed()
-        if now - last["gc"] >= 5.0:
-            last["gc"] = now
-            self.counters.inc("ips_expired", len(self.enforcer.cache.gc()))
 
     def run_forever(self) -> int:
         """Serve until SIGTERM/SIGINT (returns 0) or until a thread fails or stalls (returns 1)."""

@@ -144,3 +144,23 @@ def test_a_refused_apply_at_repair_keeps_the_generation(controller):
     with pytest.raises(BackendError):
         enf.commit(Staged(enf.policy, enf.snoop_mode))
     assert snapshot(ctl, clock) == before
+
+
+def test_a_step_that_keeps_failing_does_not_starve_the_repair(controller, monkeypatch):
+    """A refresh the kernel keeps refusing (its sets were flushed away) must not keep the main
+    loop from reaching the repair that would put them back: each step runs on its own."""
+    ctl, _path, clock = controller
+    ran = []
+
+    def refused():
+        ran.append("refresh")
+        raise BackendError("nf_tables refused the element change: No such file or directory")
+
+    monkeypatch.setattr(ctl, "_refresh_due", refused)
+    monkeypatch.setattr(ctl, "repair_if_needed", lambda: ran.append("repair"))
+    last = {"check": 0.0, "gc": 0.0}
+    for n in range(3):
+        ctl._one_pass(ctl.check_interval * (n + 1), last)
+    assert ran.count("repair") == 3 and ran.count("refresh") == 3
+    assert ran[0] == "repair", "the repair runs before the refresh it would unblock"
+    assert ctl.counters["loop_errors"] == 3
