@@ -12,6 +12,7 @@ handles a refused kernel change handles a tool that is missing or hangs the same
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 from collections.abc import Sequence
 from typing import ContextManager
@@ -56,6 +57,12 @@ def run(
         raise CommandError(f"{argv[0]} is not installed (not found on PATH); cannot run `{describe(argv)}`") from None
     except subprocess.TimeoutExpired:
         raise CommandError(f"`{describe(argv)}` did not finish within {timeout:g} s and was killed") from None
+    except PermissionError as exc:
+        if "/" not in argv[0] and shutil.which(argv[0]) is None:
+            # execvp met an unreadable PATH directory (e.g. /root/... for a non-root user) and
+            # found the command nowhere: that is "not installed", not a permission problem
+            raise CommandError(f"{argv[0]} is not installed (not found on PATH); cannot run `{describe(argv)}`") from None
+        raise CommandError(f"cannot run `{describe(argv)}`: {exc.strerror or exc}") from None
     except OSError as exc:
         raise CommandError(f"cannot run `{describe(argv)}`: {exc.strerror or exc}") from None
     if check and result.returncode != 0:

@@ -58,6 +58,9 @@ class FakeBackend(Backend):
     def probe(cls, netns_name):
         return Probe(True, "fake")
 
+    def queue_mechanism(self) -> str:
+        return "the fake backend's queue"  # snoop mode stays "queue" across reloads
+
     def render(self, desired):
         return ""
 

@@ -34,6 +34,19 @@ grace = 0
 """
 
 
+@pytest.fixture(autouse=True)
+def no_kernel_sockets(monkeypatch):
+    """A unit test must not bind NFQUEUE/NFLOG in the machine's own namespace: a reload that
+    would restart the snooper or the audit reader fails here instead."""
+    from ramfw.daemon.audit import AuditLog
+
+    def refuse(self):
+        raise AssertionError("a unit test opened a kernel socket (the snooper or audit would bind in the machine's namespace)")
+
+    monkeypatch.setattr(Snooper, "open", refuse)
+    monkeypatch.setattr(AuditLog, "open", refuse)
+
+
 @pytest.fixture
 def controller(tmp_path, make_enforcer, resolver):
     """A Controller over a started Enforcer (fake backend), its policy in a real file, a
