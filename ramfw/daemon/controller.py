@@ -55,8 +55,10 @@ class Controller:
     failure   every thread runs under a Worker (threads.py): an exception is logged with its
               traceback and counted; a thread that died or stopped making progress ends the
               process with exit status 1 (systemd restarts it; the rules stay in force), and the
-              watchdog is fed only while every thread is alive and beating. The main loop's own
-              errors are counted and logged (summarised when they repeat) and it goes on.
+              watchdog is fed only while every thread is alive and beating. The snoop, audit and
+              sni threads are LoopThreads (threads.py). The main loop's steps (reload, repair,
+              refresh, gc) each catch, count and log their own errors (summarised when they
+              repeat), so one that keeps failing never starves the others.
     """
 
     def __init__(

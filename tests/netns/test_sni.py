@@ -182,3 +182,25 @@ def run_status(tb) -> dict:
 
     data = json.loads(run_ramfw("status", "--netns", tb.client, "--json", check=0).stdout)
     return data.get("controller_counters", {})
+
+
+@pytest.mark.parametrize("fault", ["sni:raise", "sni:hang"])
+def test_a_failed_sni_thread_ends_the_process_non_zero_and_the_rules_stay(bed, tmp_path, monkeypatch, fault):
+    """The sni thread is supervised like the others: a fault injected at its first beat ends the
+    controller with exit status 1 within the stall limit, naming it, and the ruleset stays."""
+    monkeypatch.setenv("RAMFW_STALL_LIMIT", "3")
+    monkeypatch.setenv("RAMFW_FAULT", fault)
+    path = tmp_path / "policy.toml"
+    path.write_text(policy_text("enforce"))
+    ctl = Controller(bed.client, str(path), "--backend", bed.backend)
+    try:
+        rc = ctl.proc.wait(timeout=20)
+    except Exception:
+        ctl.stop()
+        pytest.fail(f"{fault}: the controller was still running 20 s later\n{ctl.output()[-3000:]}")
+    assert rc == 1, f"{fault}: exit status {rc}\n{ctl.output()[-3000:]}"
+    assert "the sni thread" in ctl.output(), ctl.output()[-3000:]
+    if bed.backend == "nft":
+        assert "inet ramfw" in bed.run(bed.client, "nft", "list", "tables").stdout, "the ruleset left with the controller"
+    else:
+        assert "RAMFW-SNI-OUT" in bed.run(bed.client, "iptables", "-S").stdout, "the ruleset left with the controller"
